@@ -1,0 +1,39 @@
+# tunegrid — `make` lists the targets. Extra Hydra overrides go in ARGS, e.g. make run ARGS="method=lora rank=4".
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+TORCH ?= torch==2.13.0
+
+.PHONY: help install run test test-fast lint sweep-ranks clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: ## create .venv and install tunegrid (torch CPU wheel first, then the project and dev tools)
+	python3.11 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev]'
+	@echo "installed; activate with: source $(VENV)/bin/activate"
+
+run: ## one run: python -m src.run $(ARGS)
+	$(PY) -m src.run $(ARGS)
+
+test: ## the whole test suite, slow end-to-end tier included (what CI runs)
+	@$(PY) -m pytest -q $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-fast: ## the fast tiers only (config + unit), a few minutes
+	@$(PY) -m pytest -q -m "not slow" $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+lint: ## ruff
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+sweep-ranks: ## LoRA rank study: rank 1,2,4,8,16,32,64 on the default model
+	$(PY) -m src.run -m method=lora rank=1,2,4,8,16,32,64 $(ARGS)
+
+clean: ## remove run outputs and caches (keeps multirun/.gitkeep)
+	rm -rf outputs .cache .pytest_cache .ruff_cache wandb
+	find multirun -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

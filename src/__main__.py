@@ -1,0 +1,3 @@
+from src.run import main
+
+main()

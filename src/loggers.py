@@ -1,0 +1,151 @@
+"""A small logger protocol with interchangeable backends: disk (metrics.jsonl), stdout, W&B.
+
+The Trainer's own `report_to` integrations name metrics `train/loss` but `eval/eval_loss`-style
+keys vary by version and they cannot write the per-step disk log the report draws curves from;
+one callback that feeds every backend the same split-prefixed names keeps them consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from transformers import TrainerCallback
+
+
+class Logger(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+class JsonlLogger:
+    """One JSON line per logging event: the run's curves, kept beside its record."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = path.open("a", buffering=1)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._f.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self._f.close()
+
+
+class StdoutLogger:
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
+        print(f"step {step:>5} {shown}", flush=True)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+def wandb_mode(mode: str) -> str:
+    """`auto`: online only when the user has set W&B up (WANDB_MODE=online or an API key), else offline."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return env
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class WandbLogger:
+    """W&B run: resolved config flattened into run config, split-prefixed metrics, final metrics in summary.
+
+    An online run that cannot reach the server falls back to offline (and says so) rather than losing the run.
+    """
+
+    def __init__(
+        self, project: str, run_dir: Path, name: str, group: str, config: dict[str, Any],
+        entity: str | None = None, mode: str = "auto", tags: list[str] | None = None,
+    ):
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        self._wandb = wandb
+        kwargs = dict(
+            project=project, entity=entity, name=name, group=group, config=config, tags=list(tags or []),
+            dir=str(run_dir), reinit="finish_previous",
+        )
+        self.mode = wandb_mode(mode)
+        try:
+            self.run = wandb.init(mode=self.mode, **kwargs)
+        except Exception as e:
+            if self.mode != "online":
+                raise
+            print(f"tunegrid: W&B online init failed ({type(e).__name__}); logging offline instead", file=sys.stderr)
+            self.mode = "offline"
+            self.run = wandb.init(mode="offline", **kwargs)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        for k, v in summary.items():
+            if isinstance(v, int | float | str | bool):
+                self.run.summary[k] = v
+        self.run.finish()
+
+
+# Trainer log keys -> split-prefixed names. Keys not listed keep their Trainer prefix convention:
+# `eval_x` -> `eval/x`, `test_x` -> `test/x`, anything else -> `train/x`.
+_RENAME = {"loss": "train/loss", "learning_rate": "train/lr", "grad_norm": "train/grad_norm", "epoch": "train/epoch",
+           "num_input_tokens_seen": "train/tokens_seen", "train_loss": "train/mean_loss",
+           "train_runtime": "train/runtime_s", "train_samples_per_second": "train/samples_per_s",
+           "train_steps_per_second": "train/steps_per_s", "total_flos": "train/total_flos"}
+
+
+def rename(logs: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in logs.items():
+        if not isinstance(v, int | float) or k.endswith(("model_preparation_time", "train_tokens_per_second")):
+            continue
+        if k in _RENAME:
+            name = _RENAME[k]
+        elif k.startswith(("eval_", "test_")):
+            split, _, rest = k.partition("_")
+            name = f"{split}/{rest}"
+        else:
+            name = f"train/{k}"
+        out[name] = v
+        if name.endswith("/loss") and not name.startswith("train/") and math.isfinite(v):
+            out[name.replace("/loss", "/perplexity")] = math.exp(min(v, 50.0))
+    return out
+
+
+class MetricsCallback(TrainerCallback):
+    """Forward every Trainer log to all backends, adding train/tokens_per_s over each logging window."""
+
+    def __init__(self, loggers: list[Logger]):
+        self.loggers = loggers
+        self._last = (0, None)  # (tokens seen, time)
+        self.history: list[dict[str, float]] = []
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._last = (state.num_input_tokens_seen, time.perf_counter())
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        metrics = rename(logs or {})
+        if "train/loss" in metrics and self._last[1] is not None:
+            tokens, t = state.num_input_tokens_seen, time.perf_counter()
+            if t > self._last[1]:
+                metrics["train/tokens_per_s"] = (tokens - self._last[0]) / (t - self._last[1])
+            self._last = (tokens, t)
+        self.emit(metrics, state.global_step)
+
+    def emit(self, metrics: dict[str, float], step: int) -> None:
+        if not metrics:
+            return
+        self.history.append({"step": step, **metrics})
+        for lg in self.loggers:
+            lg.log(metrics, step)

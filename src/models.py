@@ -1,0 +1,136 @@
+"""Model and tokenizer loading: hub ids, local folders, and the embedded tiny GPT-2.
+
+Every model, the tiny one included, ends up as an ordinary Hugging Face folder loaded with
+`from_pretrained`, so quantisation (QLoRA) is a loading option, not a separate code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.config import ConfigError
+
+EOS = "<|endoftext|>"
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("trainer.precision='fp16': needs a CUDA GPU; use auto, fp32 or bf16 on CPU")
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _tiny_key(model_cfg: DictConfig, data_cfg: DictConfig) -> str:
+    spec = {
+        "build": OmegaConf.to_container(model_cfg.build, resolve=True),
+        "tokenizer": OmegaConf.to_container(model_cfg.tokenizer, resolve=True),
+        "init_seed": model_cfg.init_seed,
+        "corpus": "synthetic-v1",
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _train_tokenizer(vocab_size: int):
+    """A byte-level BPE trained on the synthetic corpus and the prompt templates: covers any text
+    (byte fallback) while keeping the Alpaca template to a handful of tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from src.data import tokenizer_corpus
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],  # id 0: inside the vocabulary by construction
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=EOS)
+
+
+def materialise_tiny(model_cfg: DictConfig, data_cfg: DictConfig, cache: Path) -> Path:
+    """Build the tiny model + tokenizer once into the cache (a few MB, under a second) and return the folder."""
+    folder = cache / f"tiny-{_tiny_key(model_cfg, data_cfg)}"
+    if (folder / "config.json").exists():
+        return folder
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = _train_tokenizer(int(model_cfg.tokenizer.vocab_size))
+    arch = instantiate(
+        model_cfg.build,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(int(model_cfg.init_seed))
+    model = AutoModelForCausalLM.from_config(arch)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(folder)  # atomic: concurrent runs never see a half-written folder
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    return folder
+
+
+def model_path(cfg: DictConfig, cache: Path) -> str:
+    if cfg.model.get("build") is not None and not cfg.model.get("name_or_path"):
+        return str(materialise_tiny(cfg.model, cfg.data, cache))
+    return str(cfg.model.name_or_path)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:  # GPT-2 ships without one; padding is masked out of the loss anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, cfg: DictConfig, dtype: torch.dtype):
+    """Load a causal LM; with method.quantization set, the base loads in 4-bit (QLoRA's model swap)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.model.get("trust_remote_code", False))}
+    quant = cfg.method.get("quantization")
+    if quant is not None:
+        compute = dtype if quant.get("bnb_4bit_compute_dtype") in (None, "auto") else quant.bnb_4bit_compute_dtype
+        kwargs["quantization_config"] = instantiate(quant, _convert_="all", bnb_4bit_compute_dtype=compute)
+        kwargs["dtype"] = dtype
+    else:
+        kwargs["dtype"] = torch.float32  # master weights in fp32; the Trainer's autocast handles bf16/fp16
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    _check_layers(model, cfg.model)
+    return model
+
+
+def _check_layers(model, model_cfg: DictConfig) -> None:
+    key = model_cfg.get("num_layers_key")
+    actual = getattr(model.config, key, None) if key else None
+    if actual is not None and int(actual) != int(model_cfg.num_layers):
+        raise ConfigError(
+            f"model.num_layers={model_cfg.num_layers}: the loaded model has {actual} ({key}); fix the model YAML"
+        )

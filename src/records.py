@@ -1,0 +1,128 @@
+"""One machine-readable record per run (`result.json`), written atomically, and the grid summary.
+
+Schema (version 1): status, error, overrides, method, optimizer, lr_schedule, frozen_blocks,
+config (resolved), metrics, env {git_commit, git_dirty, versions, device, python}, started_at,
+ended_at, run_dir. The report (src/report.py) reads nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import traceback
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from src.config import REPO_ROOT
+
+SCHEMA_VERSION = 1
+RECORD = "result.json"
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "hydra-core", "wandb")
+STATUSES = ("success", "failed", "invalid")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def git_info() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "HEAD") or "unknown"
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        commit, dirty = "unknown", False
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def env_info(device: str | None = None) -> dict[str, Any]:
+    return {**git_info(), "versions": versions(), "device": device, "python": platform.python_version(),
+            "host": platform.node()}
+
+
+def error_summary(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def write_failure(run_dir: Path, record: dict[str, Any], exc: BaseException, status: str = "failed") -> dict[str, Any]:
+    """Record a failed run: one-line error in the record, the full traceback in a file beside it."""
+    tb = run_dir / "traceback.txt"
+    tb.write_text("".join(traceback.format_exception(exc)))
+    record.update(status=status, error=error_summary(exc) if status != "invalid" else str(exc), ended_at=now(),
+                  traceback_file=tb.name)
+    write_json_atomic(run_dir / RECORD, record)
+    return record
+
+
+def read_records(root: Path) -> list[dict[str, Any]]:
+    """Every finished record under root (depth-first, sorted by path)."""
+    out = []
+    for path in sorted(Path(root).rglob(RECORD)):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        rec["_path"] = str(path)
+        out.append(rec)
+    return out
+
+
+def summary_line(rec: dict[str, Any]) -> str:
+    m = rec.get("metrics") or {}
+    keys = ",".join(rec.get("overrides") or []) or "defaults"
+    if rec.get("status") == "success":
+        return (f"  {rec['status']:<8} {keys:<40} eval_loss={m.get('eval_loss', float('nan')):.4f} "
+                f"trainable={m.get('trainable_params')} tokens/s={m.get('tokens_per_s', 0):.0f}")
+    return f"  {rec.get('status', '?'):<8} {keys:<40} {rec.get('error', '')}"
+
+
+class GridSummary(Callback):
+    """At the end of a multirun: one line per run, and a non-zero exit if any run did not succeed."""
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        records = read_records(sweep_dir)
+        print(f"\ntunegrid: {len(records)} run(s) in {sweep_dir}")
+        for rec in records:
+            print(summary_line(rec))
+        bad = [r for r in records if r.get("status") != "success"]
+        if bad:
+            print(f"tunegrid: {len(bad)} run(s) did not succeed", file=sys.stderr)
+            sys.exit(1)

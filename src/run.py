@@ -1,0 +1,188 @@
+"""The one entrypoint: `python -m src.run [key=value ...] [-m]`.
+
+Read top to bottom: `main` validates the composed config and wraps one run so that a failure is
+recorded instead of killing a grid; `train` is the whole training path (model, method, data,
+Trainer, evaluation, record metrics). Heavy libraries are imported inside `train`, so `--cfg job`
+and bad-input errors answer in about a second.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from src import records
+from src.config import ConfigError, cache_dir, flatten, validate
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
+    record: dict[str, Any] = {
+        "schema_version": records.SCHEMA_VERSION, "status": "running", "error": None,
+        "overrides": overrides, "run_dir": str(run_dir), "started_at": records.now(),
+    }
+    try:
+        cfg = validate(cfg)
+        record.update(
+            method=cfg.method.name, method_settings=OmegaConf.to_container(cfg.method), frozen_blocks=cfg.frozen_blocks,
+            optimizer=cfg.optim.name, lr_schedule=cfg.lr_schedule.name, lr=cfg.lr, seed=cfg.seed,
+            config=OmegaConf.to_container(cfg),
+        )
+        name = ",".join(overrides) or "default"
+        group = "/".join(Path(hc.sweep.dir).parts[-2:]) if multirun else name  # W&B groups a grid's runs
+        record["metrics"], record["env"], _ = train(cfg, run_dir, name=name, group=group)
+        record.update(status="success", ended_at=records.now())
+        records.write_json_atomic(run_dir / records.RECORD, record)
+        print(f"tunegrid: success; record: {run_dir / records.RECORD}")
+    except ConfigError as e:
+        print(f"tunegrid: error: {e}", file=sys.stderr)
+        records.write_failure(run_dir, record, e, status="invalid")
+        if not multirun:
+            sys.exit(2)
+    except Exception as e:  # the task wrapper: one crashing run must not kill a grid
+        records.write_failure(run_dir, record, e)
+        print(f"tunegrid: run failed: {records.error_summary(e)} (traceback: {run_dir / 'traceback.txt'})",
+              file=sys.stderr)
+        if not multirun:
+            sys.exit(1)
+    return record
+
+
+def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Train one validated configuration; return (metrics, env) for the record, and the Trainer (for tests)."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's concern
+    import torch
+    import transformers
+    from hydra.utils import instantiate
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
+
+    from src import data, methods, metrics, models
+    from src.loggers import JsonlLogger, MetricsCallback, StdoutLogger
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    t = cfg.trainer
+    precision = models.resolve_precision(t.precision)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    transformers.set_seed(int(t.seed))
+    cache = cache_dir(cfg)
+
+    # 1. Model, tokenizer and method.
+    path = models.model_path(cfg, cache)
+    tokenizer = models.load_tokenizer(path, bool(cfg.model.get("trust_remote_code", False)))
+    splits = data.build(cfg.data, tokenizer, cache)
+    model = models.load_model(path, cfg, models.DTYPES[precision])
+    model = methods.apply(model, cfg, bool(t.gradient_checkpointing), path)
+    counts = methods.count_params(model)
+
+    # 2. Loggers: disk and stdout always, W&B unless logger=none.
+    backends: list[Any] = [JsonlLogger(run_dir / "metrics.jsonl"), StdoutLogger()]
+    if cfg.logger.get("wandb") is not None:
+        tags = [cfg.method.name, *cfg.logger.wandb.tags]
+        make_wandb = instantiate(cfg.logger.wandb, _partial_=True)  # `config` clashes with instantiate's own arg
+        backends.append(make_wandb(run_dir=run_dir, name=name, group=group, tags=tags,
+                                   config={**flatten(cfg), "overrides": name, **counts}))
+    logger_cb = MetricsCallback(backends)
+
+    # 3. The Trainer, configured from the YAML (optimizer class and kwargs from optim.optimizer).
+    opt = instantiate(cfg.optim.optimizer, _convert_="all")  # functools.partial(OptimizerClass, lr=..., ...)
+    sched = cfg.lr_schedule
+    args = TrainingArguments(
+        output_dir=str(run_dir / "trainer"),
+        per_device_train_batch_size=int(t.batch_size),
+        per_device_eval_batch_size=int(t.eval_batch_size),
+        gradient_accumulation_steps=int(t.grad_accum),
+        num_train_epochs=float(t.epochs),
+        max_steps=int(t.max_steps),
+        max_grad_norm=float(t.max_grad_norm),
+        activation_checkpointing=bool(t.gradient_checkpointing),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        learning_rate=float(cfg.lr),
+        weight_decay=float(cfg.weight_decay),
+        lr_scheduler_type=sched.name,
+        lr_scheduler_kwargs=dict(sched.kwargs),
+        warmup_steps=int(sched.warmup_steps) if int(sched.warmup_steps) > 0 else float(sched.warmup_ratio),
+        eval_strategy="steps",
+        eval_steps=int(t.eval_every),
+        logging_steps=int(t.logging_steps),
+        save_strategy="no",
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        report_to="none",
+        seed=int(t.seed),
+        data_seed=int(t.seed),
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=int(t.num_workers),
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    callbacks: list[Any] = [logger_cb]
+    if t.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
+    trainer = Trainer(
+        model=model, args=args, data_collator=data.collator(tokenizer),
+        train_dataset=splits["train"], eval_dataset=splits["validation"], processing_class=tokenizer,
+        callbacks=callbacks, optimizer_cls_and_kwargs=(opt.func, dict(opt.keywords)),
+    )
+    trainer.remove_callback(PrinterCallback)  # our StdoutLogger prints the same logs with split prefixes
+
+    # 4. Train, with an evaluation before (so every record shows how far the loss fell) and after.
+    out: dict[str, Any] = {}
+    if cfg.eval.eval_before_training:
+        out["initial_eval_loss"] = trainer.evaluate()["eval_loss"]
+    metrics.reset_peak_memory()
+    result = trainer.train()
+    out["peak_memory_mb"] = metrics.peak_memory_mb()
+    state = trainer.state
+    final = trainer.evaluate()
+    out["eval_loss"] = final["eval_loss"]
+    if cfg.eval.test_split and len(splits["test"]) > 0:
+        out["test_loss"] = trainer.evaluate(splits["test"], metric_key_prefix="test")["test_loss"]
+
+    # 5. Save what the method trained (the adapter alone for PEFT methods) and measure it.
+    ckpt = run_dir / "checkpoint"
+    trainer.model.save_pretrained(ckpt, safe_serialization=True)
+    train_losses = [h["train/loss"] for h in logger_cb.history if "train/loss" in h]
+    runtime = float(result.metrics["train_runtime"])
+    epochs_done = float(state.epoch or 0.0)
+    out.update(
+        train_loss=train_losses[-1] if train_losses else result.training_loss,
+        perplexity=math.exp(min(out["eval_loss"], 50.0)),
+        test_perplexity=math.exp(min(out["test_loss"], 50.0)) if "test_loss" in out else None,
+        tokens_trained=int(state.num_input_tokens_seen),
+        tokens_per_s=state.num_input_tokens_seen / runtime if runtime > 0 else 0.0,
+        train_runtime_s=runtime,
+        time_per_epoch_s=runtime / epochs_done if epochs_done > 0 else None,
+        steps=int(state.global_step),
+        epochs=epochs_done,
+        checkpoint_bytes=metrics.weight_bytes(ckpt),
+        **counts,
+        trainable_pct=100.0 * counts["trainable_params"] / max(counts["total_params"], 1),
+        precision=precision,
+        **methods.memory_split(trainer.model, getattr(trainer.optimizer, "optimizer", trainer.optimizer)),
+    )
+    summary = {k: v for k, v in out.items() if v is not None}
+    for lg in backends:
+        lg.finish(summary)
+    return out, records.env_info(device), trainer
+
+
+if __name__ == "__main__":
+    main()
