@@ -7,7 +7,7 @@ instead of minutes later inside PEFT or the Trainer. Nothing here imports torch.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +68,7 @@ class Rule:
     hi_open: bool = False
     optional: bool = False  # None allowed
     choices: tuple[str, ...] | None = None
+    note: str = ""  # why the bound is what it is, e.g. "the model has 4 blocks"
 
     def allowed(self) -> str:
         if self.choices is not None:
@@ -78,8 +79,8 @@ class Rule:
             parts.append(f"{'>' if self.lo_open else '≥'} {_fmt(self.lo)}")
         if self.hi is not None:
             parts.append(f"{'<' if self.hi_open else '≤'} {_fmt(self.hi)}")
-        text = f"{name} {' and '.join(parts)}".strip()
-        return text + (" or null" if self.optional else "")
+        text = f"{name} {' and '.join(parts)}".strip() + (" or null" if self.optional else "")
+        return f"{text} ({self.note})" if self.note else text
 
     def check(self, value: Any) -> Any:
         if value is None:
@@ -124,11 +125,11 @@ def rules_for(cfg: DictConfig) -> list[Rule]:
     model = cfg.model
     targets = tuple(model.lora_targets.keys()) if model.get("lora_targets") else ()
     return [
-        Rule("rank", int, lo=1, hi=model.hidden_size),
+        Rule("rank", int, lo=1, hi=model.hidden_size, note=f"the model's hidden size is {model.hidden_size}"),
         Rule("alpha", float, lo=0, lo_open=True),
         Rule("lora_dropout", float, lo=0, hi=1, hi_open=True),
         Rule("lora_targets", str, choices=targets),
-        Rule("frozen_blocks", int, lo=0, hi=model.num_layers),
+        Rule("frozen_blocks", int, lo=0, hi=model.num_layers, note=f"model={model.name} has {model.num_layers} blocks"),
         Rule("seed", int, lo=0),
         Rule("lr", float, lo=0, lo_open=True),
         Rule("weight_decay", float, lo=0),
@@ -144,7 +145,8 @@ def rules_for(cfg: DictConfig) -> list[Rule]:
         Rule("trainer.early_stopping_patience", int, lo=1, optional=True),
         Rule("lr_schedule.warmup_ratio", float, lo=0, hi=1, hi_open=True),
         Rule("lr_schedule.warmup_steps", int, lo=0),
-        Rule("data.max_seq_len", int, lo=8, hi=model.context_length),
+        Rule("data.max_seq_len", int, lo=8, hi=model.context_length,
+             note=f"model={model.name} has a context of {model.context_length} tokens"),
         Rule("data.max_train_samples", int, lo=1, optional=True),
         Rule("data.max_eval_samples", int, lo=1, optional=True),
     ]
@@ -175,7 +177,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     if opt.get("nesterov") and not float(opt.get("momentum") or 0) > 0:
         raise ConfigError(f"optim.optimizer.momentum={opt.get('momentum')}: Nesterov SGD needs momentum > 0")
     needs_bnb = method.get("quantization") is not None or str(opt.get("_target_", "")).startswith("bitsandbytes")
-    if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
+    if needs_bnb and not _importable("bitsandbytes"):
         what = f"method={method.name}" if method.get("quantization") is not None else f"optim={cfg.optim.name}"
         raise ConfigError(f"{what}: needs bitsandbytes, which is not installed (pip install 'bitsandbytes>=0.45')")
 
@@ -184,6 +186,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     except Exception as e:
         raise ConfigError(f"config cannot be resolved: {str(e).splitlines()[0]}") from None
     return resolved
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

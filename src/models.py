@@ -123,6 +123,12 @@ def load_model(path: str, cfg: DictConfig, dtype: torch.dtype):
     else:
         kwargs["dtype"] = torch.float32  # master weights in fp32; the Trainer's autocast handles bf16/fp16
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    for module in model.modules():
+        # bitsandbytes 0.50 repacks 4-bit weights into an inference-only CPU layout the first time a
+        # module runs in eval mode on an AVX512-BF16 CPU, and training after that evaluation fails
+        # ("a view of a leaf Variable ... in-place"); keep the trainable layout throughout.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     _check_layers(model, cfg.model)
     return model
 
