@@ -148,6 +148,9 @@ def rules_for(cfg: DictConfig) -> list[Rule]:
         Rule("data.max_seq_len", int, lo=8, hi=model.context_length,
              note=f"model={model.name} has a context of {model.context_length} tokens"),
         Rule("data.max_train_samples", int, lo=1, optional=True),
+        Rule("data.splits.train", int, lo=0, optional=True),
+        Rule("data.splits.validation", int, lo=0, optional=True),
+        Rule("data.splits.test", int, lo=0, optional=True),
         Rule("data.max_eval_samples", int, lo=1, optional=True),
     ]
 
@@ -181,6 +184,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         what = f"method={method.name}" if method.get("quantization") is not None else f"optim={cfg.optim.name}"
         raise ConfigError(f"{what}: needs bitsandbytes, which is not installed (pip install 'bitsandbytes>=0.45')")
 
+    from src.evaluation import validate_eval  # here: src.evaluation imports this module
+
+    validate_eval(cfg)
     try:
         resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     except Exception as e:

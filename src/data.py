@@ -1,15 +1,32 @@
 """Data: records from a generator, a local file or the hub -> splits -> prompts -> tokenised examples.
 
-A data set is described in YAML (fields, prompt templates, split sizes, filters); this module only
-follows the description. Tokenisation runs through `datasets.map` on file-backed data, so its
-fingerprint cache makes the second run of a sweep skip tokenising.
+A data set is described in YAML (conf/data/<name>.yaml): where its records come from, their fields,
+how to cut, normalise and filter them, the prompt/response templates and the split sizes. This
+module only follows the description; it has no per-data-set code.
+
+    records (hub split / data.path / generator)
+      -> derive (cut a field in two)  -> normalise (lowercase, strip punctuation)
+      -> filter (max_response_chars, derive's separator present)
+      -> shuffle with split_seed and carve the configured split sizes, or take the hub's own splits
+      -> cap (max_train_samples / max_eval_samples)
+      -> render prompt + response, tokenise (cached: `datasets` cache files with explicit fingerprints)
+
+The tokenised splits are written with `Dataset.map(new_fingerprint=..., cache_file_name=...)` under
+<cache>/tokenised/. The fingerprint is a hash of the resolved data config, the tokenizer's content,
+the source records' identity, the selected row indices and this module's source, so it is the same
+in every process: the second run of a sweep loads the tokenised splits instead of tokenising again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
+import os
 import random
+import re
+import string
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +37,15 @@ from src.config import ConfigError
 
 IGNORE_INDEX = -100
 SPLITS = ("train", "validation", "test")
-_WORDS = (
-    "apple river stone cloud tiger piano garden silver window rocket forest candle "
-    "ocean pepper marble violet castle dragon summer winter basket orange planet"
-).split()
+FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
+_PUNCT = re.compile(r"[^\w\s]")
+_SPACES = re.compile(r"[ \t]{2,}")
+_LINE_END_SPACES = re.compile(r"[ \t]+$", re.MULTILINE)
+_WORDS = [
+    "apple", "river", "stone", "cloud", "tiger", "piano", "garden", "silver", "window", "rocket",
+    "forest", "candle", "ocean", "pepper", "marble", "violet", "castle", "dragon", "summer",
+    "winter", "basket", "orange", "planet",
+]
 
 
 # --------------------------------------------------------------------------- the synthetic task
@@ -65,37 +87,144 @@ def tokenizer_corpus() -> Iterator[str]:
         yield render_prompt(conf, rec) + render_response(conf, rec)
 
 
-# --------------------------------------------------------------------------- rendering
+# --------------------------------------------------------------------------- records -> text
+
+
+def _text(value: Any) -> Any:
+    """Missing values (None, a CSV's NaN) render as the empty string."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
+
+
+def _normalise(text: str, lowercase: bool, strip_punctuation: bool) -> str:
+    if lowercase:
+        text = text.lower()
+    if strip_punctuation:
+        text = _LINE_END_SPACES.sub("", _SPACES.sub(" ", _PUNCT.sub("", text)))
+    return text
+
+
+def prepare(data_cfg: DictConfig | dict[str, Any], rec: dict[str, Any]) -> dict[str, Any] | None:
+    """A raw record as the templates see it: derived fields added, normalisation applied.
+
+    None when `derive` is configured and the record lacks its separator (such records are dropped).
+    `data_cfg` may be a DictConfig or, in the per-record loops, the same config as a plain dict.
+    """
+    out = {k: _text(v) for k, v in rec.items()}
+    derive = data_cfg.get("derive")
+    if derive:
+        text = str(out.get(derive["field"], ""))
+        i = text.rfind(derive["at_last"])
+        if i < 0:
+            return None
+        cut = i + len(derive["at_last"])
+        out[derive["head"]], out[derive["tail"]] = text[:cut], text[cut:]
+    norm = data_cfg.get("normalize")
+    if norm and (norm.get("lowercase") or norm.get("strip_punctuation")):
+        for f in norm.get("fields") or list(out):
+            if isinstance(out.get(f), str):
+                out[f] = _normalise(out[f], bool(norm.get("lowercase")), bool(norm.get("strip_punctuation")))
+    return out
+
+
+def _prompt_template(data_cfg: DictConfig | dict[str, Any], rec: dict[str, Any]) -> str:
+    alt = data_cfg.get("prompt_if_empty")
+    if alt is not None and not str(rec.get(alt["field"], "")).strip():
+        return alt["template"]
+    return data_cfg["prompt"]
+
+
+def _prepared(data_cfg: DictConfig, rec: dict[str, Any]) -> dict[str, Any]:
+    p = prepare(data_cfg, rec)
+    if p is None:
+        raise ValueError(f"record has no {data_cfg.derive.at_last!r} in its {data_cfg.derive.field!r} field")
+    return p
 
 
 def render_prompt(data_cfg: DictConfig, rec: dict[str, Any]) -> str:
-    alt = data_cfg.get("prompt_if_empty")
-    template = data_cfg.prompt
-    if alt is not None and not str(rec.get(alt.field) or "").strip():
-        template = alt.template
-    return template.format(**{k: "" if v is None else v for k, v in rec.items()})
+    """The prompt for a raw record (derive and normalise are applied here)."""
+    p = _prepared(data_cfg, rec)
+    return _prompt_template(data_cfg, p).format(**p)
 
 
 def render_response(data_cfg: DictConfig, rec: dict[str, Any]) -> str:
-    return data_cfg.response.format(**{k: "" if v is None else v for k, v in rec.items()})
+    """The response (the tokens the loss is on) for a raw record."""
+    return data_cfg.response.format(**_prepared(data_cfg, rec))
 
 
-# --------------------------------------------------------------------------- loading records
+def template_fields(template: str) -> set[str]:
+    """The {names} a str.format template uses."""
+    return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def _source_files(data_cfg: DictConfig, cache: Path) -> tuple[str, str]:
-    """(datasets builder, data file) for generator- and file-backed data sets."""
-    if data_cfg.get("path"):
-        path = Path(str(data_cfg.path)).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"data.path={str(data_cfg.path)!r}: no such file")
-        ext = path.suffix.lower().lstrip(".")
-        builder = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
-        if builder is None:
-            raise ConfigError(f"data.path={str(path)!r}: unknown format .{ext}; use .json, .jsonl, .csv or .parquet")
+# --------------------------------------------------------------------------- sources
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def _check_json(path: Path, what: str) -> None:
+    """Name the first malformed line of a JSON / JSONL file (datasets' own error does not)."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        head = f.read(4096).lstrip()[:1]
+        f.seek(0)
+        if head == "[":
+            try:
+                recs = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{what}={str(path)!r}: not valid JSON at line {e.lineno}: {e.msg}") from None
+            bad = next((i for i, r in enumerate(recs) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise ConfigError(f"{what}={str(path)!r}: item {bad} of the JSON list is not an object")
+            return
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{what}={str(path)!r}: line {i} is not valid JSON ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise ConfigError(f"{what}={str(path)!r}: line {i} is not a JSON object")
+
+
+def _read_file(file: str, what: str, cache: Path):
+    """One local file in the hub's format (.json list, .jsonl, .csv, .parquet) as a Dataset."""
+    import datasets
+
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{what}={file!r}: no such file")
+    ext = path.suffix.lower().lstrip(".")
+    builder = FORMATS.get(ext)
+    if builder is None:
+        raise ConfigError(f"{what}={file!r}: unknown format .{ext}; use .json (a list), .jsonl, .csv or .parquet")
+    kwargs = {"na_filter": False} if builder == "csv" else {}  # keep "" and "NA" as text
+    quiet = datasets.logging.get_logger("datasets.packaged_modules.json.json")  # logs its own parse error
+    level = quiet.level
+    quiet.setLevel(50)
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path.resolve()), split="train",
+                                   cache_dir=str(cache / "datasets"), **kwargs)
+    except Exception as e:
         if builder == "json":
-            _check_json(path)
-        return builder, str(path)
+            _check_json(path, what)
+        cause = e.__cause__ or e
+        raise ConfigError(f"{what}={file!r}: cannot be read as .{ext} ({type(cause).__name__}: "
+                          f"{_first_line(cause)})") from None
+    finally:
+        quiet.setLevel(level)
+    if len(ds) == 0:
+        raise ConfigError(f"{what}={file!r}: the file holds no records")
+    stat = path.resolve().stat()
+    ds.tg_source = f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return ds
+
+
+def _generated(data_cfg: DictConfig, cache: Path):
+    """Run the configured generator once into <cache>/data/<name>-<hash>.jsonl and read that file."""
     gen = OmegaConf.to_container(data_cfg.generator, resolve=True)
     key = hashlib.sha256(json.dumps(gen, sort_keys=True).encode()).hexdigest()[:12]
     path = cache / "data" / f"{data_cfg.name}-{key}.jsonl"
@@ -103,110 +232,347 @@ def _source_files(data_cfg: DictConfig, cache: Path) -> tuple[str, str]:
         from hydra.utils import instantiate
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{random.randrange(1 << 30)}")
+        tmp = path.with_suffix(f".tmp{os.getpid()}-{random.randrange(1 << 30)}")
         with tmp.open("w") as f:
             for rec in instantiate(data_cfg.generator):
                 f.write(json.dumps(rec) + "\n")
         tmp.replace(path)
-    return "json", str(path)
+    return _read_file(str(path), "data.generator", cache)
 
 
-def _check_json(path: Path) -> None:
-    """Name the first malformed line of a JSONL file (datasets' own error does not)."""
-    with path.open() as f:
-        head = f.read(1).strip()
-        f.seek(0)
-        if head == "[":
-            try:
-                json.load(f)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"data.path={str(path)!r}: not valid JSON at line {e.lineno}: {e.msg}") from None
-            return
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"data.path={str(path)!r}: line {i} is not valid JSON ({e.msg})") from None
+def _hub_error(data_cfg: DictConfig, split: str, e: BaseException) -> ConfigError:
+    hub_splits = list(dict.fromkeys(source_plan(data_cfg).values()))
+    hub, name = data_cfg.hub, data_cfg.name
+    chain, c = [], e
+    while c is not None and len(chain) < 10:
+        chain.append(c)
+        c = c.__cause__ or c.__context__
+    kinds = {type(x).__name__ for x in chain}
+    offline = (
+        any(isinstance(x, ConnectionError | TimeoutError) for x in chain)
+        or kinds & {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout"}
+        or "Couldn't reach" in str(e)
+    )
+    conf = f", {data_cfg.hub_config!r}" if data_cfg.get("hub_config") else ""
+    if offline:
+        if len(hub_splits) > 1:
+            where = "'data.path={" + ",".join(f"{h}:/path/to/{h}.jsonl" for h in hub_splits) + "}'"
+            save = f"save each split with datasets.load_dataset({hub!r}{conf}, split=...).to_json(...)"
+        else:
+            where = f"data.path=/path/to/{name}.jsonl"
+            save = f"save it with datasets.load_dataset({hub!r}{conf}, split={split!r}).to_json('{name}.jsonl')"
+        return ConfigError(
+            f"data={name}: could not reach the hub for data.hub={hub!r} (this machine is offline or the hub is "
+            f"unreachable, and the data set is not in the local cache); on a machine with network {save} and "
+            f"pass {where} (.json, .jsonl, .csv and .parquet are read)"
+        )
+    if "DatasetNotFoundError" in kinds:
+        return ConfigError(f"data={name}: data.hub={hub!r} was not found on the hub (a typo, or a gated/private "
+                           f"data set?); or pass a local copy with data.path=/path/to/file")
+    return ConfigError(f"data={name}: could not load split {split!r} of data.hub={hub!r}{conf} "
+                       f"({type(e).__name__}: {_first_line(e)})")
 
 
-def load_records(data_cfg: DictConfig, cache: Path):
-    """The data set's records as one `datasets.Dataset`, before splitting."""
+def _from_hub(data_cfg: DictConfig, split: str):
     import datasets
 
-    datasets.disable_progress_bars()
-    if data_cfg.get("path") or data_cfg.get("generator"):
-        builder, file = _source_files(data_cfg, cache)
-        ds = datasets.load_dataset(builder, data_files=file, split="train", cache_dir=str(cache / "datasets"))
-    else:
-        try:
-            ds = datasets.load_dataset(
-                data_cfg.hub, data_cfg.get("hub_config"), split=data_cfg.get("hub_split", "train"),
-                cache_dir=str(cache / "datasets"),
-            )
-        except Exception as e:
-            raise ConfigError(
-                f"data={data_cfg.name}: could not load {data_cfg.hub!r} from the hub ({type(e).__name__}); "
-                f"offline? download it elsewhere and pass data.path=/path/to/file"
-            ) from None
-    missing = [f for f in data_cfg.fields if f not in ds.column_names]
-    if missing:
-        raise ConfigError(
-            f"data={data_cfg.name}: records lack field(s) {', '.join(missing)}; found {', '.join(ds.column_names)}"
-        )
+    try:
+        ds = datasets.load_dataset(data_cfg.hub, data_cfg.get("hub_config"), split=split)
+    except Exception as e:
+        raise _hub_error(data_cfg, split, e) from None
+    ds.tg_source = f"hub:{data_cfg.hub}:{data_cfg.get('hub_config')}:{split}:{ds._fingerprint}"
     return ds
 
 
-def split_records(ds, data_cfg: DictConfig) -> dict[str, Any]:
-    """Filter, shuffle with split_seed, and carve train/validation/test of the configured sizes."""
+def source_plan(data_cfg: DictConfig) -> dict[str, str]:
+    """Which source each split comes from: {split: source name}.
+
+    With `hub_splits` a split maps to a hub split of its own; splits it does not list are carved from
+    the source of `train`. Without it every split is carved from `hub_split`. A single `data.path`
+    file or a generator is one source for all three splits.
+    """
+    path = data_cfg.get("path")
+    if data_cfg.get("generator") is not None and not path:
+        return dict.fromkeys(SPLITS, "generator")
+    if path and not isinstance(path, DictConfig | dict):
+        return dict.fromkeys(SPLITS, "file")
+    mapping = data_cfg.get("hub_splits") or {}
+    default = mapping.get("train") or data_cfg.get("hub_split") or "train"
+    return {s: str(mapping.get(s) or default) for s in SPLITS}
+
+
+def load_sources(data_cfg: DictConfig, cache: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """({source name: Dataset}, {split: source name}); checks the fields and templates against the records."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    plan = source_plan(data_cfg)
+    path = data_cfg.get("path")
+    sources: dict[str, Any] = {}
+    names: dict[str, str] = {}  # source -> how the user names it in messages
+    if isinstance(path, DictConfig | dict):  # {hub split: local file}
+        unused = sorted(set(path) - set(plan.values()))
+        if unused:
+            raise ConfigError(f"data.path.{unused[0]}: no split is taken from hub split {unused[0]!r} "
+                              f"(splits come from {sorted(set(plan.values()))}; see data.hub_splits)")
+        for src in dict.fromkeys(plan.values()):
+            if not path.get(src):
+                raise ConfigError(f"data.path: no file for hub split {src!r}; add data.path.{src}=/path/to/file")
+            sources[src] = _read_file(str(path[src]), f"data.path.{src}", cache)
+            names[src] = f"data.path.{src}={str(path[src])!r}"
+    elif path:
+        sources["file"] = _read_file(str(path), "data.path", cache)
+        names["file"] = f"data.path={str(path)!r}"
+    elif data_cfg.get("generator") is not None:
+        sources["generator"] = _generated(data_cfg, cache)
+        names["generator"] = "the generated records"
+    elif data_cfg.get("hub"):
+        for src in dict.fromkeys(plan.values()):
+            sources[src] = _from_hub(data_cfg, src)
+            names[src] = f"hub split {data_cfg.hub}[{src}]"
+    else:
+        raise ConfigError(f"data={data_cfg.name}: no source; set data.path=/path/to/file or data.hub=<hub id>")
+
+    derived = {data_cfg.derive.head, data_cfg.derive.tail} if data_cfg.get("derive") else set()
+    for src, ds in sources.items():
+        cols = ds.column_names
+        missing = [f for f in data_cfg.fields if f not in cols]
+        if data_cfg.get("derive") and data_cfg.derive.field not in cols and data_cfg.derive.field not in missing:
+            missing.append(data_cfg.derive.field)
+        if missing:
+            raise ConfigError(f"data={data_cfg.name}: {names[src]} lacks field(s) {', '.join(missing)} "
+                              f"(found: {', '.join(cols)})")
+        templates = {"data.prompt": data_cfg.prompt, "data.response": data_cfg.response}
+        if data_cfg.get("prompt_if_empty") is not None:
+            templates["data.prompt_if_empty.template"] = data_cfg.prompt_if_empty.template
+        for key, template in templates.items():
+            unknown = sorted(template_fields(template) - set(cols) - derived)
+            if unknown:
+                raise ConfigError(f"{key}: uses {{{unknown[0]}}}, which {names[src]} lacks "
+                                  f"(found: {', '.join(sorted(set(cols) | derived))})")
+        trunc = data_cfg.get("truncate")
+        if trunc and trunc.get("field") not in set(cols) | derived:
+            raise ConfigError(f"data.truncate.field={trunc.get('field')!r}: not a field of {names[src]} "
+                              f"(found: {', '.join(sorted(set(cols) | derived))})")
+    for src in sources:
+        sources[src].tg_name = names[src]
+    return sources, plan
+
+
+# --------------------------------------------------------------------------- filter and carve
+
+
+def _filter_indices(ds, data_cfg: DictConfig) -> list[int] | None:
+    """Row indices that survive derive (separator present) and max_response_chars; None: keep all."""
     limit = data_cfg.get("max_response_chars")
-    if limit:
-        ds = ds.filter(lambda r: len(render_response(data_cfg, r)) <= int(limit))
-    if len(ds) == 0:
-        raise ConfigError(f"data={data_cfg.name}: no records left after filtering (max_response_chars={limit})")
-    ds = ds.shuffle(seed=int(data_cfg.split_seed))
-    sizes = dict(data_cfg.splits)
+    if not limit and not data_cfg.get("derive"):
+        return None
+    spec = OmegaConf.to_container(data_cfg, resolve=True)  # plain dict: fast per-record access
+    response = spec["response"]
+    keep: list[int] = []
+    offset = 0
+    for batch in ds.iter(batch_size=2000):
+        keys = list(batch)
+        n = len(batch[keys[0]]) if keys else 0
+        for i in range(n):
+            rec = prepare(spec, {k: batch[k][i] for k in keys})
+            if rec is None:
+                continue
+            if limit and len(response.format(**rec)) > int(limit):
+                continue
+            keep.append(offset + i)
+        offset += n
+    return keep
+
+
+def _filter_reason(data_cfg: DictConfig) -> str:
+    parts = []
+    if data_cfg.get("derive"):
+        parts.append(f"contain {data_cfg.derive.at_last!r} in {data_cfg.derive.field} (data.derive)")
+    if data_cfg.get("max_response_chars"):
+        parts.append(f"have a response of at most {data_cfg.max_response_chars} characters "
+                     f"(data.max_response_chars={data_cfg.max_response_chars})")
+    return " and ".join(parts)
+
+
+def _and(items: list[str]) -> str:
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def carve(n: int, wants: dict[str, int | None]) -> dict[str, tuple[int, int]]:
+    """{split: (start, count)} over n shuffled records: fixed sizes are served first, in split order
+    (each gets min(size, what is left)); the one split with size null gets the rest."""
+    nulls = [s for s, w in wants.items() if w is None]
+    counts, left = {}, n
+    for s, w in wants.items():
+        if w is not None:
+            counts[s] = min(int(w), left)
+            left -= counts[s]
+    for s in nulls:
+        counts[s] = left
     out, start = {}, 0
-    for name in SPLITS:
-        want = int(sizes.get(name) or 0)
-        n = min(want, len(ds) - start)
-        out[name] = ds.select(range(start, start + max(n, 0)))
-        start += max(n, 0)
-    if len(out["train"]) == 0:
-        raise ConfigError(f"data={data_cfg.name}: the train split is empty ({len(ds)} records in all)")
-    for split, key in (("train", "max_train_samples"), ("validation", "max_eval_samples"), ("test", "max_eval_samples")):
-        cap = data_cfg.get(key)
-        if cap is not None and len(out[split]) > int(cap):
-            out[split] = out[split].select(range(int(cap)))
+    for s in wants:
+        out[s] = (start, counts[s])
+        start += counts[s]
     return out
+
+
+def load_splits(data_cfg: DictConfig, cache: Path) -> dict[str, Any]:
+    """Untokenised train/validation/test: filtered, shuffled with split_seed, carved and capped."""
+    import numpy as np
+
+    sizes = data_cfg.get("splits") or {}
+    for s in SPLITS:
+        v = sizes.get(s)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ConfigError(f"data.splits.{s}={v!r}: must be an integer ≥ 0, or null (all the rest)")
+    sources, plan = load_sources(data_cfg, cache)
+    out: dict[str, Any] = {}
+    for src, ds in sources.items():
+        mine = [s for s in SPLITS if plan[s] == src]
+        wants = {s: (None if sizes.get(s) is None else int(sizes.get(s))) for s in mine}
+        nulls = [s for s in mine if wants[s] is None]
+        if len(nulls) > 1:
+            raise ConfigError(
+                f"data={data_cfg.name}: {_and([f'data.splits.{s}' for s in nulls])} are null (all records) but "
+                f"come from one source ({ds.tg_name}); give all but one a size, e.g. "
+                + " ".join(f"data.splits.{s}=100" for s in nulls[1:])
+            )
+        keep = _filter_indices(ds, data_cfg)
+        total = len(ds)
+        if keep is not None:
+            if not keep:
+                raise ConfigError(f"data={data_cfg.name}: no records left after filtering: none of the {total} "
+                                  f"records in {ds.tg_name} {_filter_reason(data_cfg)}")
+            ds = ds.select(keep, keep_in_memory=True)
+        perm = np.random.default_rng(int(data_cfg.split_seed)).permutation(len(ds))
+        for s, (start, count) in carve(len(ds), wants).items():
+            idx = perm[start:start + count]
+            cap = data_cfg.get("max_train_samples" if s == "train" else "max_eval_samples")
+            if cap is not None:
+                idx = idx[: int(cap)]
+            if count == 0 and s != "test":
+                took = {o: c for o, (_, c) in carve(len(ds), wants).items() if c}
+                taken = ", ".join(f"{o} took {c}" for o, c in took.items())
+                lower = _and([f"data.splits.{o}" for o in took]) or "the other data.splits.* sizes"
+                raise ConfigError(
+                    f"data={data_cfg.name}: the {s} split is empty: {sources[src].tg_name} has {len(ds)} usable "
+                    f"records ({taken or 'none'}); lower {lower} or use a bigger file"
+                )
+            part = ds.select(idx, keep_in_memory=True)
+            rows = np.asarray(keep if keep is not None else [], dtype=np.int64).tobytes()
+            part.tg_identity = {  # what split_fingerprint hashes: the source's identity and the chosen rows
+                "source": sources[src].tg_source,
+                "rows": hashlib.sha256(rows + np.asarray(idx, dtype=np.int64).tobytes()).hexdigest(),
+            }
+            out[s] = part
+    return {s: out[s] for s in SPLITS}
 
 
 # --------------------------------------------------------------------------- tokenisation
 
 
-def tokenize_splits(splits: dict[str, Any], data_cfg: DictConfig, tokenizer) -> dict[str, Any]:
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A content hash of the tokenizer (vocabulary, merges, normaliser, special tokens), stable across
+    processes; padding/truncation state is left out because calling the tokenizer can change it."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("padding", None)
+        spec.pop("truncation", None)
+        h.update(json.dumps(spec, sort_keys=True).encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps([tokenizer.eos_token_id, str(tokenizer.special_tokens_map)]).encode())
+    return h.hexdigest()
+
+
+def _code_fingerprint() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def split_fingerprint(ds, split: str, spec: dict[str, Any], tok_fp: str) -> str:
+    """The `datasets` fingerprint of one tokenised split (hex, 32 characters)."""
+    ident = {"spec": spec, "tokenizer": tok_fp, "code": _code_fingerprint(), "split": split,
+             "data": getattr(ds, "tg_identity", None) or ds._fingerprint}  # built elsewhere: its own fingerprint
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _encoder(spec: dict[str, Any], tokenizer):
+    """The batched map function: prompt + response + EOS -> input_ids/attention_mask/labels."""
+    cfg = spec  # plain dict: fast per-record access
+    max_len = int(spec["max_seq_len"])
+    train_on_prompt = bool(spec.get("train_on_prompt"))
+    eos = tokenizer.eos_token_id
+    trunc = spec.get("truncate") or None
+
+    def ids(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    def shorten(rec: dict[str, Any], p: list[int], r: list[int]) -> list[int]:
+        """Cut truncate.field (tokens) so that prompt + response fit max_seq_len; keep at least half
+        of the room the template leaves, so that a long response cannot empty the field."""
+        field = trunc["field"]
+        f_ids = ids([str(rec.get(field, ""))])[0]
+        overhead = max(len(p) - len(f_ids), 0)
+        keep = max(max_len - overhead - len(r), (max_len - overhead) // 2, 0)
+        if keep >= len(f_ids):
+            return p
+        kept = f_ids[:keep] if trunc.get("side", "right") == "right" else f_ids[len(f_ids) - keep:]
+        short = {**rec, field: tokenizer.decode(kept, clean_up_tokenization_spaces=False) if kept else ""}
+        return ids([_prompt_template(cfg, short).format(**short)])[0]
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        keys = list(batch)
+        n = len(batch[keys[0]]) if keys else 0
+        recs = [prepare(cfg, {k: batch[k][i] for k in keys}) for i in range(n)]
+        recs = [r for r in recs if r is not None]
+        prompts = ids([_prompt_template(cfg, r).format(**r) for r in recs])
+        responses = ids([cfg["response"].format(**r) for r in recs])
+        out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": []}
+        for rec, p, r in zip(recs, prompts, responses, strict=True):
+            r = r + [eos]
+            if trunc and len(p) + len(r) > max_len:
+                p = shorten(rec, p, r)
+            seq = (p + r)[:max_len]
+            labels = ((p if train_on_prompt else [IGNORE_INDEX] * len(p)) + r)[:max_len]
+            if all(x == IGNORE_INDEX for x in labels):
+                continue  # the prompt alone fills max_seq_len: nothing to learn from
+            out["input_ids"].append(seq)
+            out["attention_mask"].append([1] * len(seq))
+            out["labels"].append(labels)
+        return out
+
+    return encode
+
+
+def tokenize_splits(splits: dict[str, Any], data_cfg: DictConfig, tokenizer, cache: Path | None = None) -> dict[str, Any]:
     """prompt + response + EOS -> input_ids/labels; prompt tokens get IGNORE_INDEX unless train_on_prompt.
 
-    Examples whose prompt alone fills max_seq_len carry no label and are dropped.
+    Examples whose prompt alone fills max_seq_len carry no label and are dropped. With `cache`, each
+    split is written to <cache>/tokenised/<name>-<split>-<fingerprint>.arrow and reloaded from there.
     """
-    max_len = int(data_cfg.max_seq_len)
-    train_on_prompt = bool(data_cfg.train_on_prompt)
-    eos = tokenizer.eos_token_id
     spec = OmegaConf.to_container(data_cfg, resolve=True)
-
-    def encode(rec: dict[str, Any]) -> dict[str, Any]:
-        cfg = OmegaConf.create(spec)
-        p = tokenizer(render_prompt(cfg, rec), add_special_tokens=False)["input_ids"]
-        r = tokenizer(render_response(cfg, rec), add_special_tokens=False)["input_ids"] + [eos]
-        ids = (p + r)[:max_len]
-        labels = ((p if train_on_prompt else [IGNORE_INDEX] * len(p)) + r)[:max_len]
-        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    encode = _encoder(spec, tokenizer)
     out = {}
     for name, ds in splits.items():
-        cols = ds.column_names
-        tok = ds.map(encode, remove_columns=cols, desc=f"tokenise {name}")
-        out[name] = tok.filter(lambda ex: any(x != IGNORE_INDEX for x in ex["labels"]))
+        fp = split_fingerprint(ds, name, spec, tok_fp)
+        kwargs: dict[str, Any] = {"new_fingerprint": fp}
+        if cache is not None:
+            folder = cache / "tokenised"
+            folder.mkdir(parents=True, exist_ok=True)
+            kwargs["cache_file_name"] = str(folder / f"{spec['name']}-{name}-{fp}.arrow")
+        out[name] = ds.map(encode, batched=True, batch_size=500, remove_columns=ds.column_names,
+                           desc=f"tokenise {name}", **kwargs)
+        if len(out[name]) < len(ds):
+            logging.getLogger(__name__).warning(
+                "data=%s: %d of %d %s examples dropped: their prompt alone fills data.max_seq_len=%s",
+                spec["name"], len(ds) - len(out[name]), len(ds), name, spec["max_seq_len"])
+    if len(out.get("train", [None])) == 0:
+        raise ConfigError(f"data={spec['name']}: no train example fits data.max_seq_len={spec['max_seq_len']} "
+                          f"(every prompt fills it); raise data.max_seq_len or set data.truncate")
     return out
 
 
@@ -218,5 +584,5 @@ def collator(tokenizer):
 
 
 def build(data_cfg: DictConfig, tokenizer, cache: Path) -> dict[str, Any]:
-    """The whole data path: records -> splits -> tokenised splits."""
-    return tokenize_splits(split_records(load_records(data_cfg, cache), data_cfg), data_cfg, tokenizer)
+    """The whole data path: records -> splits -> tokenised splits (cached under <cache>/tokenised)."""
+    return tokenize_splits(load_splits(data_cfg, cache), data_cfg, tokenizer, cache)

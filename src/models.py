@@ -95,16 +95,73 @@ def materialise_tiny(model_cfg: DictConfig, data_cfg: DictConfig, cache: Path) -
     return folder
 
 
+def materialise_gguf(gguf: DictConfig, cache: Path) -> Path:
+    """Dequantise a GGUF file shipped inside a Python package into a cached Hugging Face folder, once.
+
+    Loading the GGUF directly costs about 30 s per run (transformers dequantises every tensor);
+    the cached safetensors folder loads in about a second and also serves QLoRA's 4-bit loading.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(gguf.package)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"model: needs the package {gguf.package!r}, which is not installed: {gguf.install}")
+    source = Path(spec.origin).parent / gguf.file
+    if not source.is_file():
+        raise ConfigError(f"model: {gguf.package} is installed but lacks {gguf.file}; reinstall: {gguf.install}")
+    folder = cache / f"gguf-{Path(gguf.file).stem}-{source.stat().st_size}"
+    if (folder / "config.json").exists():
+        return folder
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(f"model: reading {gguf.file} needs the 'gguf' package: {gguf.install}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=gguf.file)
+    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=gguf.file, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; copy its dequantised weights into a plain one.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(folder)
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def model_path(cfg: DictConfig, cache: Path) -> str:
-    if cfg.model.get("build") is not None and not cfg.model.get("name_or_path"):
+    """The folder or hub id to load: a user's name_or_path wins, else the tiny build or a packaged GGUF."""
+    if cfg.model.get("name_or_path"):
+        return str(cfg.model.name_or_path)
+    if cfg.model.get("gguf") is not None:
+        return str(materialise_gguf(cfg.model.gguf, cache))
+    if cfg.model.get("build") is not None:
         return str(materialise_tiny(cfg.model, cfg.data, cache))
-    return str(cfg.model.name_or_path)
+    raise ConfigError(f"model={cfg.model.name}: set model.name_or_path (a hub id or a local folder)")
+
+
+def _hub_error(path: str, exc: Exception) -> ConfigError:
+    where = "no such local folder, and " if not Path(path).exists() else ""
+    return ConfigError(
+        f"model.name_or_path={path!r}: could not load ({type(exc).__name__}); {where}the hub may be unreachable "
+        f"(offline?): download it elsewhere and pass model.name_or_path=/path/to/folder"
+    )
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:  # hub unreachable, unknown id, or a folder without tokenizer files
+        raise _hub_error(path, e) from None
     if tok.pad_token is None:  # GPT-2 ships without one; padding is masked out of the loss anyway
         tok.pad_token = tok.eos_token
     return tok
@@ -122,7 +179,10 @@ def load_model(path: str, cfg: DictConfig, dtype: torch.dtype):
         kwargs["dtype"] = dtype
     else:
         kwargs["dtype"] = torch.float32  # master weights in fp32; the Trainer's autocast handles bf16/fp16
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise _hub_error(path, e) from None
     for module in model.modules():
         # bitsandbytes 0.50 repacks 4-bit weights into an inference-only CPU layout the first time a
         # module runs in eval mode on an AVX512-BF16 CPU, and training after that evaluation fails

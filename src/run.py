@@ -72,7 +72,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
     from hydra.utils import instantiate
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
 
-    from src import data, methods, metrics, models
+    from src import data, evaluation, methods, metrics, models
     from src.loggers import JsonlLogger, MetricsCallback, StdoutLogger
 
     transformers.logging.set_verbosity_error()
@@ -82,12 +82,19 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     transformers.set_seed(int(t.seed))
     cache = cache_dir(cfg)
+    evaluation.preflight(cfg.eval)  # an enabled reward model / judge that cannot be reached fails now
 
     # 1. Model, tokenizer and method.
     path = models.model_path(cfg, cache)
     tokenizer = models.load_tokenizer(path, bool(cfg.model.get("trust_remote_code", False)))
     splits = data.build(cfg.data, tokenizer, cache)
     model = models.load_model(path, cfg, models.DTYPES[precision])
+    generic_before = None
+    if cfg.eval.forgetting:  # the base model's loss on generic text, the same for every method
+        if torch.cuda.is_available() and cfg.method.get("quantization") is None:
+            model.to("cuda")
+        generic = evaluation.generic_text(cfg.eval.forgetting_text)
+        generic_before = evaluation.generic_loss(model, tokenizer, generic, int(cfg.eval.forgetting_block_size))
     model = methods.apply(model, cfg, bool(t.gradient_checkpointing), path)
     counts = methods.count_params(model)
 
@@ -178,6 +185,17 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
         precision=precision,
         **methods.memory_split(trainer.model, getattr(trainer.optimizer, "optimizer", trainer.optimizer)),
     )
+
+    # 6. Forgetting, generations on test prompts (samples.jsonl + W&B table), task / reward / judge metrics.
+    extra: dict[str, float] = {}
+    if generic_before is not None:
+        after = evaluation.generic_loss(trainer.model, tokenizer, generic, int(cfg.eval.forgetting_block_size))
+        extra.update({"eval/generic_loss_before": generic_before, "eval/generic_loss_after": after,
+                      "eval/forgetting": evaluation.forgetting(generic_before, after)})
+    extra.update(evaluation.evaluate_generations(trainer.model, tokenizer, cfg, cache, run_dir, backends))
+    logger_cb.emit(extra, int(state.global_step))
+    out.update(extra)
+
     summary = {k: v for k, v in out.items() if v is not None}
     for lg in backends:
         lg.finish(summary)
