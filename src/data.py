@@ -80,6 +80,23 @@ def synthetic_records(n: int, seed: int) -> list[dict[str, str]]:
     return out
 
 
+_POSITIVE = ["great", "lovely", "superb", "moving", "brilliant", "charming", "delightful", "fresh"]
+_NEGATIVE = ["dull", "awful", "clumsy", "boring", "tedious", "bland", "messy", "weak"]
+
+
+def synthetic_labelled(n: int, seed: int) -> list[dict[str, Any]]:
+    """Deterministic labelled "reviews" for task=classification: label 1 when positive words win."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = rng.choice((3, 5))
+        pos = rng.randint(0, k)
+        words = rng.sample(_POSITIVE, pos) + rng.sample(_NEGATIVE, k - pos)
+        rng.shuffle(words)
+        out.append({"sentence": "the film was " + " ".join(words), "label": int(pos * 2 > k)})
+    return out
+
+
 def tokenizer_corpus() -> Iterator[str]:
     """Text the tiny model's BPE is trained on: the synthetic task rendered with the Alpaca templates."""
     conf = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "data" / "alpaca.yaml")
@@ -547,6 +564,22 @@ def _encoder(spec: dict[str, Any], tokenizer):
     return encode
 
 
+def _label_encoder(spec: dict[str, Any], tokenizer):
+    """The batched map function for classification: rendered text -> input_ids, label_field -> one class id."""
+    max_len, field = int(spec["max_seq_len"]), spec["label_field"]
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        keys = list(batch)
+        recs = [prepare(spec, {k: batch[k][i] for k in keys}) for i in range(len(batch[keys[0]]) if keys else 0)]
+        recs = [r for r in recs if r is not None]
+        ids = tokenizer([_prompt_template(spec, r).format(**r) for r in recs], add_special_tokens=False)["input_ids"]
+        seqs = [x[:max_len] for x in ids]
+        return {"input_ids": seqs, "attention_mask": [[1] * len(x) for x in seqs],
+                "labels": [int(r[field]) for r in recs]}
+
+    return encode
+
+
 def tokenize_splits(splits: dict[str, Any], data_cfg: DictConfig, tokenizer, cache: Path | None = None) -> dict[str, Any]:
     """prompt + response + EOS -> input_ids/labels; prompt tokens get IGNORE_INDEX unless train_on_prompt.
 
@@ -555,7 +588,7 @@ def tokenize_splits(splits: dict[str, Any], data_cfg: DictConfig, tokenizer, cac
     """
     spec = OmegaConf.to_container(data_cfg, resolve=True)
     tok_fp = tokenizer_fingerprint(tokenizer)
-    encode = _encoder(spec, tokenizer)
+    encode = _label_encoder(spec, tokenizer) if spec.get("label_field") else _encoder(spec, tokenizer)
     out = {}
     for name, ds in splits.items():
         fp = split_fingerprint(ds, name, spec, tok_fp)
@@ -576,10 +609,12 @@ def tokenize_splits(splits: dict[str, Any], data_cfg: DictConfig, tokenizer, cac
     return out
 
 
-def collator(tokenizer):
+def collator(tokenizer, data_cfg: DictConfig | None = None):
     """Dynamic padding to the longest example of each batch (labels padded with IGNORE_INDEX)."""
-    from transformers import DataCollatorForSeq2Seq
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
+    if data_cfg is not None and data_cfg.get("label_field"):
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")  # one class id per example
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
 

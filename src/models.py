@@ -168,10 +168,14 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_model(path: str, cfg: DictConfig, dtype: torch.dtype):
-    """Load a causal LM; with method.quantization set, the base loads in 4-bit (QLoRA's model swap)."""
-    from transformers import AutoModelForCausalLM
+    """Load the task's model class (causal LM or sequence classifier); with method.quantization set, the
+    base loads in 4-bit (QLoRA's model swap)."""
+    from hydra.utils import get_class
 
+    auto = get_class(cfg.task.auto_model)
     kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.model.get("trust_remote_code", False))}
+    if cfg.data.get("num_labels"):
+        kwargs["num_labels"] = int(cfg.data.num_labels)
     quant = cfg.method.get("quantization")
     if quant is not None:
         compute = dtype if quant.get("bnb_4bit_compute_dtype") in (None, "auto") else quant.bnb_4bit_compute_dtype
@@ -180,9 +184,11 @@ def load_model(path: str, cfg: DictConfig, dtype: torch.dtype):
     else:
         kwargs["dtype"] = torch.float32  # master weights in fp32; the Trainer's autocast handles bf16/fp16
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = auto.from_pretrained(path, **kwargs)
     except OSError as e:
         raise _hub_error(path, e) from None
+    if getattr(model.config, "pad_token_id", None) is None:  # GPT-2: the classifier finds the last token by it
+        model.config.pad_token_id = model.config.eos_token_id
     for module in model.modules():
         # bitsandbytes 0.50 repacks 4-bit weights into an inference-only CPU layout the first time a
         # module runs in eval mode on an AVX512-BF16 CPU, and training after that evaluation fails

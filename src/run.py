@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         )
         name = ",".join(overrides) or "default"
         group = "/".join(Path(hc.sweep.dir).parts[-2:]) if multirun else name  # W&B groups a grid's runs
+        record["group"] = group
         record["metrics"], record["env"], _ = train(cfg, run_dir, name=name, group=group)
         record.update(status="success", ended_at=records.now())
         records.write_json_atomic(run_dir / records.RECORD, record)
@@ -90,7 +90,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
     splits = data.build(cfg.data, tokenizer, cache)
     model = models.load_model(path, cfg, models.DTYPES[precision])
     generic_before = None
-    if cfg.eval.forgetting:  # the base model's loss on generic text, the same for every method
+    if cfg.eval.forgetting and cfg.task.generates_text:  # the base model's loss on generic text, the same for every method
         if torch.cuda.is_available() and cfg.method.get("quantization") is None:
             model.to("cuda")
         generic = evaluation.generic_text(cfg.eval.forgetting_text)
@@ -101,7 +101,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
     # 2. Loggers: disk and stdout always, W&B unless logger=none.
     backends: list[Any] = [JsonlLogger(run_dir / "metrics.jsonl"), StdoutLogger()]
     if cfg.logger.get("wandb") is not None:
-        tags = [cfg.method.name, *cfg.logger.wandb.tags]
+        tags = [cfg.method.name, *([f"study:{cfg.study}"] if cfg.get("study") else []), *cfg.logger.wandb.tags]
         make_wandb = instantiate(cfg.logger.wandb, _partial_=True)  # `config` clashes with instantiate's own arg
         backends.append(make_wandb(run_dir=run_dir, name=name, group=group, tags=tags,
                                    config={**flatten(cfg), "overrides": name, **counts}))
@@ -144,7 +144,8 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
     if t.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
     trainer = Trainer(
-        model=model, args=args, data_collator=data.collator(tokenizer),
+        model=model, args=args, data_collator=data.collator(tokenizer, cfg.data),
+        compute_metrics=None if cfg.task.generates_text else _accuracy,
         train_dataset=splits["train"], eval_dataset=splits["validation"], processing_class=tokenizer,
         callbacks=callbacks, optimizer_cls_and_kwargs=(opt.func, dict(opt.keywords)),
     )
@@ -160,8 +161,13 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
     state = trainer.state
     final = trainer.evaluate()
     out["eval_loss"] = final["eval_loss"]
+    if "eval_accuracy" in final:
+        out["eval_accuracy"] = final["eval_accuracy"]
     if cfg.eval.test_split and len(splits["test"]) > 0:
-        out["test_loss"] = trainer.evaluate(splits["test"], metric_key_prefix="test")["test_loss"]
+        test = trainer.evaluate(splits["test"], metric_key_prefix="test")
+        out["test_loss"] = test["test_loss"]
+        if "test_accuracy" in test:
+            out["test/accuracy"] = test["test_accuracy"]
 
     # 5. Save what the method trained (the adapter alone for PEFT methods) and measure it.
     ckpt = run_dir / "checkpoint"
@@ -192,7 +198,8 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
         after = evaluation.generic_loss(trainer.model, tokenizer, generic, int(cfg.eval.forgetting_block_size))
         extra.update({"eval/generic_loss_before": generic_before, "eval/generic_loss_after": after,
                       "eval/forgetting": evaluation.forgetting(generic_before, after)})
-    extra.update(evaluation.evaluate_generations(trainer.model, tokenizer, cfg, cache, run_dir, backends))
+    if cfg.task.generates_text:
+        extra.update(evaluation.evaluate_generations(trainer.model, tokenizer, cfg, cache, run_dir, backends))
     logger_cb.emit(extra, int(state.global_step))
     out.update(extra)
 
@@ -200,6 +207,16 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
     for lg in backends:
         lg.finish(summary)
     return out, records.env_info(device), trainer
+
+
+def _accuracy(pred) -> dict[str, float]:
+    """Classifier accuracy through the project's offline `evaluate` accuracy module."""
+    from src import evaluation
+
+    classes = pred.predictions.argmax(-1).tolist()
+    labels = pred.label_ids.tolist()
+    return {"accuracy": evaluation.compute_metrics(["accuracy"], [str(c) for c in classes],
+                                                   [str(y) for y in labels], prefix="x")["x/accuracy"]}
 
 
 if __name__ == "__main__":

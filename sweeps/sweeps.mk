@@ -1,0 +1,30 @@
+# Studies: one YAML per study in sweeps/ (selected as `python -m src.run -m +sweep=<study>`), each run
+# followed by its report. Included by the Makefile after PY and ARGS are defined:
+#   make studies                                     # the studies and the question each answers
+#   make sweep-ranks                                 # tiny model on CPU, minutes
+#   make sweep-ranks ARGS="model=gpt2-medium data=alpaca"   # the real study; ARGS pass through to Hydra
+#   make sweep-ranks DIR=multirun/ranks/r16          # choose the sweep folder (default multirun/<study>/<time>)
+#   make report DIR=multirun/ranks/2026-01-01_12-00-00   # (re)write the report of any grid
+SWEEPS_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+STUDIES := $(sort $(basename $(notdir $(wildcard $(SWEEPS_DIR)/*.yaml))))
+PY ?= .venv/bin/python
+ARGS ?=
+DIR ?=
+
+.PHONY: studies report $(addprefix sweep-,$(STUDIES))
+
+studies: ## list the studies in sweeps/ (run one with make sweep-<study> ARGS="...")
+	@for s in $(STUDIES); do \
+	  printf "  make sweep-%-14s %s\n" "$$s" "$$(grep -m1 -E '^# [^@]' $(SWEEPS_DIR)/$$s.yaml | sed -e 's/^# //' -e 's/^Study `[^`]*` — //')"; \
+	done
+
+# The grid's exit status is kept (non-zero when a run failed) but the report is written either way.
+$(addprefix sweep-,$(STUDIES)): sweep-%:
+	@dir="$(if $(DIR),$(DIR),multirun/$*/$$(date +%Y-%m-%d_%H-%M-%S))"; \
+	$(PY) -m src.run -m +sweep=$* hydra.sweep.dir="$$dir" $(ARGS); rc=$$?; \
+	$(PY) -m src.report "$$dir" || [ $$rc -ne 0 ] || rc=1; \
+	exit $$rc
+
+report: ## write report.md, results.csv and plots for a grid: make report DIR=multirun/<study>/<time>
+	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep folder>"; exit 2; }
+	$(PY) -m src.report "$(DIR)"

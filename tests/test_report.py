@@ -1,0 +1,485 @@
+"""Unit tier for src/report.py: synthetic records in the exact schema src/run.py writes (result.json with
+the resolved config from Hydra's compose API, metrics.jsonl beside it), then the report read back."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import functools
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from src import records, report
+from src.config import validate
+from tests.conftest import compose_cfg
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# A real record's metrics (python -m src.run -m method=lora rank=4 trainer.max_steps=10 logger=none).
+METRICS = {
+    "initial_eval_loss": 6.229938983917236,
+    "peak_memory_mb": 755.1640625,
+    "eval_loss": 5.741847038269043,
+    "test_loss": 5.719903469085693,
+    "train_loss": 5.907478332519531,
+    "perplexity": 311.6394897853997,
+    "test_perplexity": 304.8754916264584,
+    "tokens_trained": 9824,
+    "tokens_per_s": 1156.66282054301,
+    "train_runtime_s": 8.4934,
+    "time_per_epoch_s": 138.44242,
+    "steps": 10,
+    "epochs": 0.06134969325153374,
+    "checkpoint_bytes": 51136,
+    "trainable_params": 12288,
+    "total_params": 903936,
+    "trainable_pct": 1.3593882752761257,
+    "precision": "fp32",
+    "weights_bytes": 3615744,
+    "gradients_bytes": 49152,
+    "optimizer_state_bytes": 98368,
+}
+
+
+@functools.cache
+def _resolved(*overrides: str) -> dict:
+    """The resolved config src/run.py stores in the record (compose + validate: no torch, well under a second)."""
+    return OmegaConf.to_container(validate(compose_cfg(*overrides)))
+
+
+def config_for(method: str = "lora", rank: int = 8, seed: int = 0) -> dict:
+    """The resolved config of method=<method> rank=<rank> seed=<seed>, from one compose per method."""
+    cfg = copy.deepcopy(_resolved(f"method={method}", "logger=none"))
+    cfg["rank"], cfg["seed"], cfg["trainer"]["seed"] = rank, seed, seed
+    if (cfg["method"].get("peft") or {}).get("r") is not None:
+        cfg["method"]["peft"]["r"] = rank
+    return cfg
+
+
+def write_run(
+    run_dir: Path,
+    overrides: list[str],
+    metrics: dict | None = None,
+    status: str = "success",
+    error: str | None = None,
+    config: dict | None = None,
+    curve: list[float] | None = None,
+) -> dict:
+    """One run folder as src/run.py leaves it: result.json (+ traceback.txt on failure), metrics.jsonl, .hydra/."""
+    run_dir.mkdir(parents=True)
+    (run_dir / ".hydra").mkdir()
+    rec: dict = {
+        "schema_version": records.SCHEMA_VERSION,
+        "status": status,
+        "error": error,
+        "overrides": overrides,
+        "run_dir": str(run_dir),
+        "started_at": "2026-01-01T00:00:00+00:00",
+    }
+    if config is not None:
+        rec.update(
+            method=config["method"]["name"],
+            method_settings=config["method"],
+            frozen_blocks=config["frozen_blocks"],
+            optimizer=config["optim"]["name"],
+            lr_schedule=config["lr_schedule"]["name"],
+            lr=config["lr"],
+            seed=config["seed"],
+            config=config,
+        )
+    if status == "success":
+        rec["metrics"] = {**METRICS, **(metrics or {})}
+        rec["env"] = records.env_info("cpu")
+    else:
+        (run_dir / "traceback.txt").write_text(f"Traceback (most recent call last):\n{error}\n")
+        rec["traceback_file"] = "traceback.txt"
+    rec["ended_at"] = "2026-01-01T00:01:00+00:00"
+    records.write_json_atomic(run_dir / records.RECORD, rec)
+    if curve:
+        lines = [{"step": 0, "time": 0.0, "eval/loss": 6.2, "eval/perplexity": 500.0}]
+        lines += [
+            {"step": 10 * (i + 1), "time": float(i), "train/loss": v, "train/lr": 1e-3}
+            for i, v in enumerate(curve)
+        ]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return rec
+
+
+RANK_METRICS = {  # rank -> metrics that differ; rank 4 has the best eval loss, rank 1 the least memory
+    1: {
+        "eval_loss": 5.9,
+        "perplexity": math.exp(5.9),
+        "peak_memory_mb": 700.0,
+        "tokens_per_s": 1500.0,
+        "trainable_params": 3072,
+        "checkpoint_bytes": 13000,
+    },
+    2: {
+        "eval_loss": 5.8,
+        "perplexity": math.exp(5.8),
+        "peak_memory_mb": 710.0,
+        "tokens_per_s": 1400.0,
+        "trainable_params": 6144,
+        "checkpoint_bytes": 26000,
+    },
+    4: {
+        "eval_loss": 5.7,
+        "perplexity": math.exp(5.7),
+        "peak_memory_mb": 720.0,
+        "tokens_per_s": 1600.0,
+        "trainable_params": 12288,
+        "checkpoint_bytes": 51136,
+    },
+    8: {
+        "eval_loss": 5.75,
+        "perplexity": math.exp(5.75),
+        "peak_memory_mb": 760.0,
+        "tokens_per_s": 1300.0,
+        "trainable_params": 24576,
+        "checkpoint_bytes": 100296,
+    },
+}
+
+
+def rank_grid(root: Path, ranks=(1, 2, 4, 8)) -> list[dict]:
+    out = []
+    for i, r in enumerate(ranks):
+        out.append(
+            write_run(
+                root / str(i),
+                [f"rank={r}", "+sweep=ranks", "logger=none"],
+                RANK_METRICS[r],
+                config={**config_for("lora", r), "study": "ranks"},  # as +sweep=ranks composes it
+                curve=[6.0 - 0.1 * r, 5.5, 5.0 - 0.01 * r],
+            )
+        )
+    return out
+
+
+def md_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The first markdown table in report.md: header and rows of cell text."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines]
+    return cells[0], cells[2:]
+
+
+def bare(cell: str) -> str:
+    return cell.strip("*")
+
+
+# --------------------------------------------------------------------------- table and CSV
+
+
+def test_csv_and_table_match_records(tmp_path):
+    recs = rank_grid(tmp_path)
+    rep = report.write_report(tmp_path, plots=False)
+    assert rep.study.keys == ["rank"] and rep.study.swept == ["rank"] and not rep.study.replicates
+    assert rep.study.fixed["method"] == "lora" and rep.study.fixed["model"] == "tiny"
+
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["run"] for r in rows] == ["0", "1", "2", "3"]
+    for row, rec in zip(rows, recs, strict=True):
+        assert row["status"] == "success" and int(row["rank"]) == rec["config"]["rank"]
+        for k, v in rec["metrics"].items():  # every metric, at full precision
+            assert row[k] == (repr(v) if isinstance(v, float) else str(v)), k
+
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith(
+        "# Study report: ranks\n\n*how do memory, time and quality change with the LoRA rank?*"
+    )
+    header, table = md_table(md)
+    assert header[0] == "rank"
+    assert header[1:] == [m.header for m in report.TABLE_METRICS]
+    col = {h: i for i, h in enumerate(header)}
+    for row, rec in zip(table, recs, strict=True):
+        m = rec["metrics"]
+        assert row[0] == str(rec["config"]["rank"])
+        assert bare(row[col["eval loss"]]) == f"{m['eval_loss']:.4f}"
+        assert bare(row[col["perplexity"]]) == f"{m['perplexity']:.2f}"
+        assert bare(row[col["tokens/s"]]) == f"{m['tokens_per_s']:,.0f}"
+        assert bare(row[col["peak memory"]]) == f"{m['peak_memory_mb']:.0f} MiB"
+        assert bare(row[col["trainable params"]]) == report.fmt_count(m["trainable_params"])
+        assert bare(row[col["checkpoint"]]) == report.fmt_bytes(m["checkpoint_bytes"])
+        assert bare(row[col["time/epoch"]]) == report.fmt_seconds(m["time_per_epoch_s"])
+
+
+def test_best_per_metric_in_bold(tmp_path):
+    rank_grid(tmp_path)
+    header, table = md_table(_report_md(tmp_path))
+    col = {h: i for i, h in enumerate(header)}
+    bold = {h: [r[0] for r in table if r[i].startswith("**")] for h, i in col.items()}
+    assert bold["eval loss"] == ["4"] and bold["perplexity"] == ["4"]  # lowest loss
+    assert bold["peak memory"] == ["1"] and bold["trainable params"] == ["1"] and bold["checkpoint"] == ["1"]
+    assert bold["tokens/s"] == ["4"]  # highest throughput
+    assert bold["time/epoch"] == []  # every run the same: nothing to single out
+    assert bold["rank"] == []
+
+
+def _report_md(root: Path) -> str:
+    report.write_report(root, plots=False)
+    return (root / "report.md").read_text()
+
+
+def test_task_metrics_become_columns(tmp_path):
+    write_run(
+        tmp_path / "0",
+        ["rank=4"],
+        {**RANK_METRICS[4], "test_rouge1": 0.31, "test/bleu": 12.5},
+        config=config_for("lora", 4),
+    )
+    write_run(
+        tmp_path / "1",
+        ["rank=8"],
+        {**RANK_METRICS[8], "test_rouge1": 0.35, "test/bleu": 11.0},
+        config=config_for("lora", 8),
+    )
+    header, table = md_table(_report_md(tmp_path))
+    assert header[-2:] == ["test_rouge1", "test/bleu"]
+    assert [r[-2] for r in table] == ["0.3100", "**0.3500**"]  # higher is better
+    assert [r[-1] for r in table] == ["**12.5000**", "11.0000"]
+    assert (
+        report.task_metric("eval/forgetting").lower_is_better
+        and not report.task_metric("test/reward").lower_is_better
+    )
+    assert not report._is_task_key("eval/generic_loss_before") and not report._is_task_key("test_loss")
+
+
+def test_failed_and_invalid_runs_listed(tmp_path):
+    rank_grid(tmp_path, ranks=(2, 4))
+    write_run(
+        tmp_path / "2",
+        ["rank=8", "+sweep=ranks", "logger=none"],
+        status="failed",
+        config={**config_for("lora", 8), "study": "ranks"},
+        error="RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    )
+    write_run(
+        tmp_path / "3",
+        ["rank=1000", "+sweep=ranks", "logger=none"],
+        status="invalid",
+        error="rank=1000: must be an integer ≥ 1 and ≤ 128",
+    )  # rejected before the config resolved
+    rep = report.write_report(tmp_path, plots=False)
+    assert rep.study.keys == ["rank"]  # the invalid run (no config) does not make lr etc. look varied
+    md = (tmp_path / "report.md").read_text()
+    header, table = md_table(md)
+    assert [r[0] for r in table] == ["2", "4"]  # the table holds successful runs only
+    failed = md.split("## Failed runs")[1]
+    assert "`2` rank=8: **failed** — RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in failed
+    assert "(traceback: `2/traceback.txt`)" in failed
+    assert "`3` rank=1000: **invalid** — rank=1000: must be an integer ≥ 1 and ≤ 128" in failed
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(r["rank"], r["status"]) for r in rows] == [
+        ("2", "success"),
+        ("4", "success"),
+        ("8", "failed"),
+        ("1000", "invalid"),
+    ]
+    assert rows[2]["error"].startswith("RuntimeError: CUDA out of memory") and rows[2]["eval_loss"] == ""
+
+
+def test_unfinished_runs_skipped_and_said(tmp_path, capsys):
+    rank_grid(tmp_path, ranks=(2, 4))
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a run that never wrote its record
+    (tmp_path / "2" / "metrics.jsonl").write_text('{"step": 10, "train/loss": 5.0}\n')
+    write_run(tmp_path / "3", ["rank=8"], status="running", config=config_for("lora", 8))
+    assert report.main([str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "2 succeeded, 0 did not, 2 skipped" in out
+    assert f"skipped  2: no {records.RECORD}" in out and "skipped  3: record not finished" in out
+    md = (tmp_path / "report.md").read_text()
+    assert "## Skipped" in md and "- `2`: no result.json" in md and "- `3`: record not finished" in md
+    header, table = md_table(md)
+    assert [r[0] for r in table] == ["2", "4"]
+
+
+def test_empty_folder_writes_nothing(tmp_path, capsys):
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    assert report.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no finished result.json" in err and "skipped 0" in err
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "results.csv").exists()
+
+
+# --------------------------------------------------------------------------- varied keys
+
+
+def test_derived_keys_follow_swept_ones(tmp_path):
+    write_run(tmp_path / "0", ["method=full", "+sweep=methods"], config=config_for("full"))
+    write_run(tmp_path / "1", ["method=lora", "+sweep=methods"], config=config_for("lora"))
+    study = report.load(tmp_path)
+    # method is swept; lr follows from method.lr_scale (a derived column, not a plot axis)
+    assert study.keys == ["method", "lr"] and study.swept == ["method"] and study.plot_keys == ["method"]
+    assert "trainer.seed" not in study.keys and "sweep" not in study.keys
+
+
+def test_settings_of_reads_overrides_and_config():
+    rec = {
+        "overrides": ["+sweep=batch", "trainer.batch_size=8", "hydra.verbose=true", "foo.bar=1e-3"],
+        "config": config_for("lora", 4),
+    }
+    s, keys = report.settings_of(rec)
+    assert keys == ["sweep", "trainer.batch_size", "foo.bar"]
+    assert s["sweep"] == "batch" and s["foo.bar"] == 0.001 and s["method"] == "lora" and s["rank"] == 4
+    assert s["trainer.batch_size"] == 16  # the config's value wins over the override's text
+    assert (
+        report.parse_scalar("null") is None
+        and report.parse_scalar("4") == 4
+        and report.parse_scalar("x") == "x"
+    )
+
+
+# --------------------------------------------------------------------------- replicates
+
+
+def test_seeds_give_mean_std_and_ci(tmp_path):
+    losses = {(4, 0): 5.70, (4, 1): 5.74, (4, 2): 5.66, (8, 0): 5.80, (8, 1): 5.90, (8, 2): 5.85}
+    for i, ((rank, seed), loss) in enumerate(losses.items()):
+        write_run(
+            tmp_path / str(i),
+            [f"rank={rank}", f"seed={seed}"],
+            {**RANK_METRICS[rank], "eval_loss": loss, "perplexity": math.exp(loss)},
+            config=config_for("lora", rank, seed),
+        )
+    rep = report.write_report(tmp_path, plots=False)
+    assert rep.study.replicates and rep.study.keys == ["rank"]
+    md = (tmp_path / "report.md").read_text()
+    header, table = md_table(md)
+    assert header[:2] == ["rank", "n"] and len(table) == 2  # one row per rank, not per seed
+    col = header.index("eval loss")
+    for row, rank in zip(table, (4, 8), strict=True):
+        xs = [v for (r, _), v in losses.items() if r == rank]
+        mean, std = statistics.mean(xs), statistics.stdev(xs)
+        half = 4.303 * std / math.sqrt(3)  # t(0.975, df=2)
+        assert row[1] == "3"
+        assert bare(row[col]) == f"{mean:.4f} ± {std:.4f} [{mean - half:.4f}, {mean + half:.4f}]"
+    assert table[0][col].startswith("**") and not table[1][col].startswith("**")
+    assert "seeds 0, 1, 2" in md and "95% confidence interval" in md
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == 6 and [int(r["seed"]) for r in rows] == [0, 1, 2, 0, 1, 2]
+
+
+def test_stat_and_t_quantiles():
+    st = report.Stat.of([1.0, 2.0, 3.0])
+    assert (st.mean, st.std, st.n) == (2.0, 1.0, 3)
+    half = 4.303 / math.sqrt(3)  # t(0.975, df=2) * std / sqrt(n)
+    assert st.lo == pytest.approx(2.0 - half) and st.hi == pytest.approx(2.0 + half)
+    one = report.Stat.of([5.0])
+    assert one.n == 1 and math.isnan(one.std) and math.isnan(one.lo)
+    assert report.Stat.of([]) is None
+    assert report.t95(1) == 12.706 and report.t95(40) == pytest.approx(2.021, abs=2e-3)
+    assert report.t95(10_000) == pytest.approx(1.96, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_plots_fit_what_varied(tmp_path):
+    rank_grid(tmp_path)
+    rep = report.write_report(tmp_path)
+    by_kind = {p.kind: p for p in rep.plots}
+    assert set(by_kind) == {"line", "curves", "pareto"}  # rank is numeric: no bars
+    line = by_kind["line"]
+    assert line.file == "plot-rank.png" and line.xlabels == ["rank"] * 3
+    assert line.ylabels == ["eval loss", "peak memory (MiB)", "tokens/s"]
+    assert by_kind["curves"].xlabels == ["step"] and by_kind["curves"].ylabels == ["train loss"]
+    assert by_kind["curves"].series == ["rank=1", "rank=2", "rank=4", "rank=8"]
+    assert by_kind["pareto"].xlabels == ["peak memory (MiB)", "trainable params"]
+    assert by_kind["pareto"].ylabels == ["eval loss"] * 2 and "Pareto frontier" in by_kind["pareto"].series
+    for p in rep.plots:
+        data = (tmp_path / p.file).read_bytes()
+        assert data[:8] == PNG_SIGNATURE and len(data) > 5000
+    md = (tmp_path / "report.md").read_text()
+    assert all(f"]({p.file})" in md for p in rep.plots)
+    # No temp files left behind by the atomic writes.
+    assert not list(tmp_path.glob(".*.png.*")) and not list(tmp_path.glob(".report.md.*"))
+
+    # A categorical key gets bars; the old plots that no longer fit are removed.
+    for d in tmp_path.iterdir():
+        if d.is_dir():
+            for f in sorted(d.rglob("*"), reverse=True):
+                f.rmdir() if f.is_dir() else f.unlink()
+            d.rmdir()
+    write_run(tmp_path / "0", ["optim=adamw"], {"peak_memory_mb": 800.0}, config=config_for("full"))
+    cfg = config_for("full")
+    cfg["optim"]["name"] = "sgd"
+    write_run(tmp_path / "1", ["optim=sgd"], {"peak_memory_mb": 600.0}, config=cfg)
+    rep = report.write_report(tmp_path)
+    bars = next(p for p in rep.plots if p.kind == "bars")
+    assert bars.file == "plot-optim-bars.png" and bars.xlabels == ["optim"] * 3
+    assert bars.ylabels == ["time/epoch (s)", "peak memory (MiB)", "eval loss"]
+    assert not (tmp_path / "plot-rank.png").exists()
+
+
+def test_two_swept_keys_give_series(tmp_path):
+    for i, (rank, mult) in enumerate([(4, 1), (4, 2), (8, 1), (8, 2)]):
+        cfg = config_for("lora", rank)
+        cfg["alpha_multiple"] = mult
+        cfg["alpha"] = float(mult * rank)
+        write_run(
+            tmp_path / str(i),
+            [f"rank={rank}", f"alpha_multiple={mult}", "+sweep=alphas"],
+            {"eval_loss": 5.0 + i / 10},
+            config=cfg,
+        )
+    study = report.load(tmp_path)
+    assert study.keys == ["rank", "alpha_multiple", "alpha"] and study.plot_keys == ["rank", "alpha_multiple"]
+    plots = {
+        p.file: p
+        for p, _ in (report.plot_numeric(study, "rank"), report.plot_numeric(study, "alpha_multiple"))
+    }
+    assert plots["plot-rank.png"].series == ["alpha_multiple=1", "alpha_multiple=2"]
+    assert plots["plot-alpha_multiple.png"].series == ["rank=4", "rank=8"]
+
+
+def test_pareto_front():
+    pts = [(1.0, 5.0), (2.0, 4.0), (3.0, 4.5), (4.0, 3.0), (5.0, 3.0)]
+    assert report.pareto_front(pts) == [0, 1, 3]
+    assert report.pareto_front([(1.0, 1.0)]) == [0]
+
+
+def test_wandb_upload_is_optional(tmp_path, monkeypatch):
+    rank_grid(tmp_path, ranks=(2, 4))
+    rep = report.write_report(tmp_path, plots=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert report.log_wandb(rep) is None  # only WANDB_MODE=online uploads
+    assert report.wandb_group(rep.study) == "/".join(tmp_path.resolve().parts[-2:])
+
+
+def test_wandb_online_logs_table_and_plots(tmp_path, monkeypatch):
+    """The online path against a stand-in `wandb` module: one report run in the study's group."""
+    import types
+
+    calls: dict = {}
+
+    class FakeRun:
+        url = "https://wandb.example/run"
+
+        def log(self, data):
+            calls["log"] = data
+
+        def finish(self):
+            calls["finished"] = True
+
+    fake = types.SimpleNamespace(
+        init=lambda **kw: calls.setdefault("init", kw) and FakeRun(),
+        Table=lambda columns, data: ("table", columns, data),
+        Image=lambda path, caption: ("image", path, caption),
+    )
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    rank_grid(tmp_path, ranks=(2, 4))
+    rep = report.write_report(tmp_path)
+    assert report.log_wandb(rep) == FakeRun.url and calls["finished"]
+    assert calls["init"]["group"] == report.wandb_group(rep.study) and calls["init"]["job_type"] == "report"
+    assert calls["init"]["project"] == "tunegrid" and calls["init"]["tags"] == ["ranks", "report"]
+    kind, columns, data = calls["log"]["report/table"]
+    assert columns[0] == "rank" and [row[0] for row in data] == ["2", "4"]
+    assert not any("**" in c for row in data for c in row)
+    assert {k for k in calls["log"] if k != "report/table"} == {f"report/{p.file[:-4]}" for p in rep.plots}

@@ -1,0 +1,263 @@
+"""Studies as data: every sweeps/<study>.yaml composes as `+sweep=<study>`, sweeps what its question needs,
+and (slow tier) a small study runs end to end through the CLI and its report matches the records."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from src import records
+from src.config import CONF_DIR, REPO_ROOT, validate
+from tests.conftest import SESSION_CACHE, compose_cfg, run_cli
+
+SWEEPS = REPO_ROOT / "sweeps"
+STUDIES = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+GROUPS = ("model", "method", "optim", "lr_schedule", "data")
+
+# What each study must sweep on its defaults (the tiny model): the issue's list, value for value.
+EXPECTED = {
+    "ranks": {"rank": [1, 2, 4, 8, 16, 32, 64]},
+    "alphas": {"rank": [4, 8, 16], "alpha_multiple": [1, 2, 4]},
+    "methods": {"method": ["full", "lora", "qlora", "prompt_tuning", "head_only"]},
+    "optimizers": {
+        "optim": ["adamw", "adam", "sgd_nesterov", "sgd_momentum", "sgd", "adamw_8bit", "paged_adamw_8bit"]
+    },
+    "lr_schedules": {
+        "lr_schedule": ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup"],
+        "lr_schedule.warmup_ratio": [0.0, 0.03, 0.1],
+    },
+    "model_sizes": {"model": ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"], "method": ["full", "lora"]},
+    "frozen_blocks": {"method": ["full", "lora"], "frozen_blocks": [0, 1, 2, 3, 4]},
+    "batch": {"trainer.batch_size": [4, 8, 16, 32]},
+}
+
+
+@functools.cache
+def compose_study(*overrides: str) -> DictConfig:
+    """The config Hydra composes for `python -m src.run -m <overrides>`, its hydra node included (read-only:
+    cached, so tests change copies)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def sweep_values(cfg: DictConfig) -> dict[str, list]:
+    """hydra.sweeper.params, resolved and parsed the way BasicSweeper parses them: key -> values."""
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return {
+        o.get_key_element(): list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+        for o in parsed
+    }
+
+
+def jobs(cfg: DictConfig, *extra: str) -> list[list[str]]:
+    """Each job's overrides, exactly as BasicSweeper expands params + command line (cartesian product)."""
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    parsed = OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in params.items()), *extra])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def job_config(cfg: DictConfig) -> DictConfig:
+    """The job's part of a composed config (the hydra node dropped)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+
+def test_the_issue_studies_are_all_there():
+    assert set(STUDIES) == set(EXPECTED)
+    # `+sweep=<study>` reads sweeps/ through the conf/sweep symlink.
+    assert (CONF_DIR / "sweep").resolve() == SWEEPS.resolve()
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_study_composes_and_sweeps_its_question(study):
+    text = (SWEEPS / f"{study}.yaml").read_text()
+    first, question = text.splitlines()[:2]
+    assert first == "# @package _global_"
+    assert re.fullmatch(rf"# Study `{study}` — .+\?", question), "the second line states the study's question"
+
+    cfg = compose_study(f"+sweep={study}")
+    assert cfg.study == study
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["dir"].startswith(f"multirun/{study}/")
+    values = sweep_values(cfg)
+    assert values == EXPECTED[study]
+    for key, vals in values.items():  # every config-group choice exists
+        if key in GROUPS:
+            assert all((CONF_DIR / key / f"{v}.yaml").exists() for v in vals), key
+
+    # The jobs that differ in values only (no group change) validate on this composition.
+    job = job_config(cfg)
+    value_keys = [k for k in values if k not in GROUPS]
+    for combo in itertools.product(*(values[k] for k in value_keys)):
+        one = job.copy()
+        for k, v in zip(value_keys, combo, strict=True):
+            OmegaConf.update(one, k, v, merge=False)
+        validate(one)
+    if job.model.name == "tiny":  # the defaults run in minutes on CPU
+        assert 0 < validate(job).trainer.max_steps <= 100
+    assert len(jobs(cfg)) <= 16
+
+
+def test_real_study_uses_the_full_trainer_config():
+    cfg = compose_cfg("+sweep=ranks", "model=gpt2-medium", "data=alpaca")
+    assert cfg.study == "ranks" and cfg.method.name == "lora" and cfg.trainer.max_steps == -1
+    assert compose_cfg("+sweep=ranks", "trainer.max_steps=7").trainer.max_steps == 7  # the command line wins
+    assert compose_study("+sweep=ranks").trainer.max_steps == 60
+
+
+def test_frozen_blocks_grid_runs_from_none_to_all():
+    grid = yaml.safe_load((SWEEPS / "frozen_blocks.yaml").read_text())["frozen_blocks_grid"]
+    for name, values in grid.items():
+        layers = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text())["num_layers"]
+        values = [int(x) for x in str(values).split(",")]
+        assert values[0] == 0 and values[-1] == layers and values == sorted(values), name
+    medium = sweep_values(compose_study("+sweep=frozen_blocks", "model=gpt2-medium"))
+    assert medium["frozen_blocks"] == [0, 6, 12, 18, 24]
+    unlisted = sweep_values(compose_study("+sweep=frozen_blocks", "~frozen_blocks_grid.tiny"))
+    assert unlisted["frozen_blocks"] == [0, 4]  # a model missing from the table: none and all
+
+
+def test_batch_study_keeps_the_effective_batch():
+    cfg = compose_study("+sweep=batch")
+    job = job_config(cfg)
+    for bs in sweep_values(cfg)["trainer.batch_size"]:
+        one = job.copy()
+        OmegaConf.update(one, "trainer.batch_size", bs, merge=False)
+        t = validate(one).trainer
+        assert t.batch_size * t.grad_accum == cfg.effective_batch == 32
+
+
+def test_command_line_replaces_a_swept_key():
+    cfg = compose_study("+sweep=alphas")
+    got = jobs(cfg, "rank=2", "+sweep=alphas", "model=gpt2")
+    assert [j[:2] for j in got] == [
+        ["rank=2", "alpha_multiple=1"],
+        ["rank=2", "alpha_multiple=2"],
+        ["rank=2", "alpha_multiple=4"],
+    ]
+    assert all(j[2:] == ["+sweep=alphas", "model=gpt2"] for j in got)
+    # The params themselves can be set too (quoted: an unquoted comma would sweep Hydra's own config).
+    assert sweep_values(compose_study("+sweep=ranks", "hydra.sweeper.params.rank='2,4'")) == {"rank": [2, 4]}
+
+
+def _make(*args: str) -> subprocess.CompletedProcess:
+    """make with sweeps/sweeps.mk (included by the Makefile, or named alongside it until it is)."""
+    files = (
+        []
+        if "sweeps/sweeps.mk" in (REPO_ROOT / "Makefile").read_text()
+        else ["-f", "Makefile", "-f", "sweeps/sweeps.mk"]
+    )
+    return subprocess.run(
+        ["make", "--no-print-directory", *files, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_make_targets_pass_overrides_and_report():
+    out = _make("-n", "sweep-ranks", "ARGS=model=gpt2 data=alpaca", "PY=python").stdout
+    assert 'python -m src.run -m +sweep=ranks hydra.sweep.dir="$dir" model=gpt2 data=alpaca' in out
+    assert 'dir="multirun/ranks/$(date' in out and 'python -m src.report "$dir"' in out
+    out = _make("-n", "sweep-batch", "DIR=/tmp/b", "PY=python").stdout
+    assert 'dir="/tmp/b"' in out
+    assert 'python -m src.report "/tmp/x"' in _make("-n", "report", "DIR=/tmp/x", "PY=python").stdout
+    listing = _make("studies").stdout
+    assert all(f"make sweep-{s} " in listing for s in STUDIES)
+
+
+# --------------------------------------------------------------------------- slow tier
+
+
+@pytest.mark.slow
+def test_every_job_of_every_study_validates():
+    """Each job of each study, composed as Hydra will compose it, passes validation (no training)."""
+    for study in STUDIES:
+        cfg = compose_study(f"+sweep={study}")
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            for job in jobs(cfg):
+                validate(compose(config_name="config", overrides=[*job, f"+sweep={study}"]))
+
+
+def _check_report_matches(sweep_dir: Path, ranks: list[int]) -> None:
+    recs = sorted(records.read_records(sweep_dir), key=lambda r: r["config"]["rank"])
+    assert [r["status"] for r in recs] == ["success"] * len(ranks)
+    assert [r["config"]["rank"] for r in recs] == ranks
+    assert all(r["config"]["study"] == "ranks" and "+sweep=ranks" in r["overrides"] for r in recs)
+
+    rows = sorted(csv.DictReader((sweep_dir / "results.csv").open()), key=lambda r: int(r["rank"]))
+    assert [int(r["rank"]) for r in rows] == ranks
+    for row, rec in zip(rows, recs, strict=True):
+        for k in ("eval_loss", "peak_memory_mb", "tokens_per_s", "trainable_params", "checkpoint_bytes"):
+            assert float(row[k]) == rec["metrics"][k], k
+
+    lines = [ln for ln in (sweep_dir / "report.md").read_text().splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    table = [[c.strip().strip("*") for c in ln.strip("|").split(" | ")] for ln in lines[2:]]
+    assert header[0] == "rank" and [int(r[0]) for r in table] == ranks
+    loss, params = header.index("eval loss"), header.index("trainable params")
+    for row, rec in zip(table, recs, strict=True):
+        assert row[loss] == f"{rec['metrics']['eval_loss']:.4f}"
+        assert row[params] == f"{rec['metrics']['trainable_params'] / 1e3:.1f}K"
+    pngs = sorted(p.name for p in sweep_dir.glob("plot-*.png"))
+    assert pngs == ["plot-loss-curves.png", "plot-pareto.png", "plot-rank.png"]
+    assert all((sweep_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+SMALL = (
+    "trainer.max_steps=5",
+    "trainer.eval_every=5",
+    "trainer.logging_steps=1",
+    "data.splits.validation=32",
+    "data.splits.test=16",
+    "logger=none",
+)
+
+
+@pytest.mark.slow
+def test_study_end_to_end_then_report(tmp_path):
+    sweep_dir = tmp_path / "ranks"
+    res = run_cli(
+        "-m", "+sweep=ranks", "hydra.sweeper.params.rank='2,4'", *SMALL, f"hydra.sweep.dir={sweep_dir}"
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rep = subprocess.run(
+        [sys.executable, "-m", "src.report", str(sweep_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rep.returncode == 0, rep.stderr
+    assert f"wrote {sweep_dir / 'report.md'}" in rep.stdout and "rank" in rep.stdout
+    _check_report_matches(sweep_dir, [2, 4])
+
+
+@pytest.mark.slow
+def test_make_sweep_runs_the_study_and_its_report(tmp_path):
+    sweep_dir = tmp_path / "ranks"
+    assert os.environ["TUNEGRID_CACHE"] == str(SESSION_CACHE)  # make inherits conftest's offline env
+    res = _make(
+        "sweep-ranks",
+        f"PY={sys.executable}",
+        f"DIR={sweep_dir}",
+        "ARGS=rank=1 " + " ".join(SMALL),
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "tunegrid report: 1 run(s)" in res.stdout
+    rec = json.loads((sweep_dir / "0" / records.RECORD).read_text())
+    assert rec["config"]["rank"] == 1 and (sweep_dir / "report.md").exists()
