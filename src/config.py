@@ -143,6 +143,10 @@ def rules_for(cfg: DictConfig) -> list[Rule]:
         Rule("trainer.eval_every", int, lo=1),
         Rule("trainer.logging_steps", int, lo=1),
         Rule("trainer.early_stopping_patience", int, lo=1, optional=True),
+        Rule("trainer.token_budget", int, lo=1, optional=True),
+        Rule("trainer.save_every", int, lo=1, optional=True),
+        Rule("trainer.keep_checkpoints", int, lo=1),
+        Rule("resume", str, choices=("auto", "never")),
         Rule("lr_schedule.warmup_ratio", float, lo=0, hi=1, hi_open=True),
         Rule("lr_schedule.warmup_steps", int, lo=0),
         Rule("data.max_seq_len", int, lo=8, hi=model.context_length,
@@ -162,6 +166,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     """
     for rule in rules_for(cfg):
         rule.check(_get(cfg, rule.key))
+    if _get(cfg, "trainer.oom_retry") not in ("auto", True, False):
+        raise ConfigError(f"trainer.oom_retry={cfg.trainer.oom_retry!r}: must be one of auto, true, false")
     if int(_get(cfg, "trainer.max_steps")) == 0:
         raise ConfigError("trainer.max_steps=0: must be -1 (use trainer.epochs) or an integer ≥ 1")
 

@@ -38,3 +38,85 @@ def peak_memory_mb() -> float:
 def weight_bytes(folder: Path) -> int:
     """Bytes of the weight files saved in a checkpoint folder (safetensors; the adapter alone for PEFT)."""
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+
+
+def _first_trained_block(model, cfg) -> int:
+    """Depth of the lowest trainable parameter: 0 for embeddings or a soft prompt, i for block i,
+    num_layers when only the head trains. Activations are stored for backward only above it."""
+    import re
+
+    n_layers = int(cfg.model.num_layers)
+    pattern = re.compile(rf"{re.escape(cfg.model.block_prefix)}\.(\d+)\.")
+    first = n_layers
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        m = pattern.search(name)
+        if m:
+            first = min(first, int(m.group(1)))
+        elif not name.split(".")[-2:][0].startswith(("lm_head", "score", "ln_f", "norm")):
+            return 0  # embeddings, a soft prompt: the gradient runs through every block
+    return first
+
+
+def predict_memory_mb(model, cfg, precision: str) -> dict[str, float]:
+    """Predicted training peak from sizes alone (documented in the README, "Memory prediction"):
+
+    weights (as stored, 4-bit packed included) + fp32 gradients of trainable parameters + optimizer
+    state (optim.state_bytes_per_param per trainable parameter: AdamW 8, SGD+momentum 4, 8-bit Adam 2,
+    SGD and Adafactor ~0) + activations of the blocks above the lowest trainable one, per block
+    B·S·H·(34 + 5·A·S/H) bytes at 16-bit (Korthikanti et al. 2022; ×2 in fp32; only B·S·H·bytes with
+    gradient checkpointing) + logits and their gradient B·S·V·4·2. B = micro-batch, S = data.max_seq_len
+    (an upper bound under dynamic padding), H hidden size, A heads, V vocabulary.
+    """
+    mb = 2**20
+    seen, weights, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        weights += p.numel() * p.element_size()
+        if p.requires_grad:
+            trainable += p.numel()
+    config = getattr(model, "config", None)
+    config = getattr(getattr(model, "base_model", None), "config", config)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1) or 1)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if cfg.task.name != "causal_lm":
+        vocab = int(cfg.data.get("num_labels") or 2)
+    b, s, h = int(cfg.trainer.batch_size), int(cfg.data.max_seq_len), int(cfg.model.hidden_size)
+    act_bytes = 2 if precision in ("bf16", "fp16") else 4
+    blocks = int(cfg.model.num_layers) - _first_trained_block(model, cfg)
+    if cfg.trainer.gradient_checkpointing:
+        per_block = b * s * h * act_bytes
+    else:
+        per_block = b * s * h * (34 + 5 * heads * s / h) * act_bytes / 2
+    parts = {
+        "weights_mb": weights / mb,
+        "gradients_mb": 4 * trainable / mb,
+        "optimizer_mb": float(cfg.optim.get("state_bytes_per_param", 8)) * trainable / mb,
+        "activations_mb": (blocks * per_block + b * s * vocab * 4 * 2) / mb,
+    }
+    parts["total_mb"] = sum(parts.values())
+    return parts
+
+
+def device_memory_mb(sweep) -> float:
+    if sweep.get("device_memory_gb"):
+        return float(sweep.device_memory_gb) * 1024
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / 2**20
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+
+
+def check_fits(predicted: dict[str, float], sweep) -> None:
+    """With sweep.skip_predicted_oom, a run predicted not to fit is recorded as skipped_oom, not launched."""
+    if not sweep.get("skip_predicted_oom"):
+        return
+    capacity = device_memory_mb(sweep)
+    if predicted["total_mb"] > capacity:
+        from src.callbacks import SkippedOOM
+
+        raise SkippedOOM(f"predicted peak {predicted['total_mb']:.0f} MiB > device memory {capacity:.0f} MiB")

@@ -26,7 +26,10 @@ from src.config import REPO_ROOT
 SCHEMA_VERSION = 1
 RECORD = "result.json"
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "hydra-core", "wandb")
-STATUSES = ("success", "failed", "invalid")
+STATUSES = ("success", "failed", "invalid", "oom", "diverged", "interrupted", "skipped_oom")
+# Keys that do not change what a run computes: left out of the config hash that resume matches on.
+NOT_HASHED = ("logger", "sweep", "study", "cache_dir", "debug")
+CODE_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
 
 
 def now() -> str:
@@ -76,6 +79,43 @@ def env_info(device: str | None = None) -> dict[str, Any]:
             "host": platform.node()}
 
 
+def config_hash(cfg: Any) -> str:
+    """Hash of the resolved config minus keys that do not affect results (logging, resume switches)."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    data = {k: v for k, v in data.items() if k not in NOT_HASHED}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_key() -> str:
+    """The code a result depends on: git commit (plus a dirty mark) and torch/transformers/peft/bitsandbytes."""
+    git, ver = git_info(), versions()
+    parts = [git["git_commit"] + ("+dirty" if git["git_dirty"] else "")] + [f"{p}={ver[p]}" for p in CODE_PACKAGES]
+    return " ".join(parts)
+
+
+def find_done(root: Path, record: dict[str, Any], sweep: Any) -> dict[str, Any] | None:
+    """A finished earlier run of the same config under root, which this run then skips: `success` with the
+    same code (unless sweep.force), or `stale` (same config, other code) unless sweep.rerun_stale."""
+    if sweep.force or not Path(root).is_dir():
+        return None
+    for rec in read_records(root):
+        if rec.get("config_hash") != record["config_hash"] or rec.get("status") != "success":
+            continue
+        where = Path(rec["_path"]).parent
+        if rec.get("code_key") == record["code_key"]:
+            print(f"tunegrid: skipped, already succeeded with this config: {where} (sweep.force=true re-runs)")
+            return rec
+        if not sweep.rerun_stale:
+            print(f"tunegrid: skipped, stale: {where} ran this config with other code ({rec.get('code_key')}); "
+                  f"sweep.rerun_stale=true re-runs it")
+            return rec
+    return None
+
+
 def error_summary(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
@@ -86,7 +126,7 @@ def write_failure(run_dir: Path, record: dict[str, Any], exc: BaseException, sta
     tb = run_dir / "traceback.txt"
     tb.write_text("".join(traceback.format_exception(exc)))
     record.update(status=status, error=error_summary(exc) if status != "invalid" else str(exc), ended_at=now(),
-                  traceback_file=tb.name)
+                  traceback_file=tb.name, step=getattr(exc, "step_reached", None))
     write_json_atomic(run_dir / RECORD, record)
     return record
 

@@ -37,12 +37,16 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         record.update(
             method=cfg.method.name, method_settings=OmegaConf.to_container(cfg.method), frozen_blocks=cfg.frozen_blocks,
             optimizer=cfg.optim.name, lr_schedule=cfg.lr_schedule.name, lr=cfg.lr, seed=cfg.seed,
-            config=OmegaConf.to_container(cfg),
+            config=OmegaConf.to_container(cfg), config_hash=records.config_hash(cfg), code_key=records.code_key(),
         )
+        # Resume a grid: a run that already succeeded with this config (and this code) is not trained again.
+        earlier = records.find_done(Path(hc.sweep.dir) if multirun else run_dir, record, cfg.sweep)
+        if earlier is not None:
+            return earlier
         name = ",".join(overrides) or "default"
         group = "/".join(Path(hc.sweep.dir).parts[-2:]) if multirun else name  # W&B groups a grid's runs
         record["group"] = group
-        record["metrics"], record["env"], _ = train(cfg, run_dir, name=name, group=group)
+        record["metrics"], record["env"], _ = train_with_retries(cfg, run_dir, name, group, record)
         record.update(status="success", ended_at=records.now())
         records.write_json_atomic(run_dir / records.RECORD, record)
         print(f"tunegrid: success; record: {run_dir / records.RECORD}")
@@ -52,15 +56,66 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         if not multirun:
             sys.exit(2)
     except Exception as e:  # the task wrapper: one crashing run must not kill a grid
-        records.write_failure(run_dir, record, e)
-        print(f"tunegrid: run failed: {records.error_summary(e)} (traceback: {run_dir / 'traceback.txt'})",
+        from src.callbacks import Diverged, Interrupted, SkippedOOM, is_oom
+
+        status = {Diverged: "diverged", Interrupted: "interrupted", SkippedOOM: "skipped_oom"}.get(type(e))
+        status = status or ("oom" if is_oom(e) else "failed")
+        records.write_failure(run_dir, record, e, status=status)
+        print(f"tunegrid: run {status}: {records.error_summary(e)} (record: {run_dir / records.RECORD})",
               file=sys.stderr)
-        if not multirun:
+        if status == "interrupted":
+            sys.exit(128 + getattr(e, "signum", 2))  # stop the whole grid too: the user asked to stop
+        if not multirun and status != "skipped_oom":
             sys.exit(1)
     return record
 
 
-def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def train_with_retries(cfg: DictConfig, run_dir: Path, name: str, group: str, record: dict[str, Any]):
+    """train(), and after an out-of-memory error (trainer.oom_retry) once more with half the micro-batch
+    and twice the accumulation (the same effective batch), then with gradient checkpointing too."""
+    from src.callbacks import is_oom
+
+    retry = cfg.trainer.oom_retry
+    if retry == "auto":
+        import torch
+
+        retry = torch.cuda.is_available()
+    plans = [{}]
+    if retry:
+        half = max(1, int(cfg.trainer.batch_size) // 2)
+        accum = int(cfg.trainer.grad_accum) * int(cfg.trainer.batch_size) // half
+        plans += [{"batch_size": half, "grad_accum": accum},
+                  {"batch_size": half, "grad_accum": accum, "gradient_checkpointing": True}]
+    for attempt, plan in enumerate(plans):
+        run_cfg = cfg.copy()
+        for k, v in plan.items():
+            run_cfg.trainer[k] = v
+        try:
+            result = train(run_cfg, run_dir, name, group, attempt=attempt)
+        except Exception as e:
+            if attempt + 1 == len(plans) or not is_oom(e):
+                raise
+            print(f"tunegrid: out of memory ({records.error_summary(e)}); retrying with {plans[attempt + 1]}",
+                  file=sys.stderr)
+            _free_memory()
+            continue
+        record["oom_retries"] = attempt
+        record["trainer_used"] = {k: run_cfg.trainer[k] for k in ("batch_size", "grad_accum", "gradient_checkpointing")}
+        return result
+    raise AssertionError("unreachable")
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 0) -> tuple[dict, dict, Any]:
     """Train one validated configuration; return (metrics, env) for the record, and the Trainer (for tests)."""
     import logging
     import warnings
@@ -71,8 +126,9 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
     import transformers
     from hydra.utils import instantiate
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
 
-    from src import data, evaluation, methods, metrics, models
+    from src import callbacks, data, evaluation, methods, metrics, models
     from src.loggers import JsonlLogger, MetricsCallback, StdoutLogger
 
     transformers.logging.set_verbosity_error()
@@ -97,6 +153,8 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
         generic_before = evaluation.generic_loss(model, tokenizer, generic, int(cfg.eval.forgetting_block_size))
     model = methods.apply(model, cfg, bool(t.gradient_checkpointing), path)
     counts = methods.count_params(model)
+    predicted = metrics.predict_memory_mb(model, cfg, precision)
+    metrics.check_fits(predicted, cfg.sweep)  # raises SkippedOOM with sweep.skip_predicted_oom
 
     # 2. Loggers: disk and stdout always, W&B unless logger=none.
     backends: list[Any] = [JsonlLogger(run_dir / "metrics.jsonl"), StdoutLogger()]
@@ -111,7 +169,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
     opt = instantiate(cfg.optim.optimizer, _convert_="all")  # functools.partial(OptimizerClass, lr=..., ...)
     sched = cfg.lr_schedule
     args = TrainingArguments(
-        output_dir=str(run_dir / "trainer"),
+        output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=int(t.batch_size),
         per_device_eval_batch_size=int(t.eval_batch_size),
         gradient_accumulation_steps=int(t.grad_accum),
@@ -129,7 +187,10 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
         eval_strategy="steps",
         eval_steps=int(t.eval_every),
         logging_steps=int(t.logging_steps),
-        save_strategy="no",
+        save_strategy="steps" if t.save_every else "no",
+        save_steps=int(t.save_every or 0) or 500,
+        save_total_limit=int(t.keep_checkpoints),
+        save_only_model=False,  # optimizer, scheduler and RNG state too: a resumed run continues exactly
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         report_to="none",
@@ -140,24 +201,54 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str) -> tuple[dict[s
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )
-    callbacks: list[Any] = [logger_cb]
+    debug = cfg.get("debug") or {}
+    stop_on_signal = callbacks.StopOnSignal()
+    callbacks_: list[Any] = [logger_cb, stop_on_signal, callbacks.FaultInjection(
+        debug.get("fail_at_step"), debug.get("oom_at_step"), attempt, int(debug.get("oom_attempts", 1)),
+        float(debug.get("sleep_per_step", 0.0)))]
     if t.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
+        callbacks_.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
+    if t.token_budget:
+        callbacks_.append(callbacks.TokenBudget(int(t.token_budget)))
+    loss_watch = callbacks.LossWatch(model, debug.get("nan_at_step"))
     trainer = Trainer(
         model=model, args=args, data_collator=data.collator(tokenizer, cfg.data),
         compute_metrics=None if cfg.task.generates_text else _accuracy,
         train_dataset=splits["train"], eval_dataset=splits["validation"], processing_class=tokenizer,
-        callbacks=callbacks, optimizer_cls_and_kwargs=(opt.func, dict(opt.keywords)),
+        callbacks=callbacks_, optimizer_cls_and_kwargs=(opt.func, dict(opt.keywords)),
     )
     trainer.remove_callback(PrinterCallback)  # our StdoutLogger prints the same logs with split prefixes
+    loss_watch.trainer = trainer
 
     # 4. Train, with an evaluation before (so every record shows how far the loss fell) and after.
     out: dict[str, Any] = {}
     if cfg.eval.eval_before_training:
         out["initial_eval_loss"] = trainer.evaluate()["eval_loss"]
     metrics.reset_peak_memory()
-    result = trainer.train()
+    resume = get_last_checkpoint(args.output_dir) if cfg.resume == "auto" and Path(args.output_dir).is_dir() else None
+    if resume:
+        print(f"tunegrid: resuming from {resume}")
+    stop_on_signal.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except BaseException as e:
+        e.step_reached = trainer.state.global_step + 1  # the step in progress, for the record
+        for lg in backends:
+            lg.finish({"status": "failed", "error": records.error_summary(e)})
+        raise
+    finally:
+        stop_on_signal.uninstall()
+        loss_watch.trainer = None  # evaluation and generation below are not training steps
+    if stop_on_signal.signal is not None:
+        for lg in backends:
+            lg.finish({"status": "interrupted"})
+        stop = callbacks.Interrupted(f"signal {stop_on_signal.signal} at step {trainer.state.global_step}; "
+                                     f"checkpoint saved in {args.output_dir}, re-run the same command to resume")
+        stop.step_reached, stop.signum = trainer.state.global_step, stop_on_signal.signal
+        raise stop
     out["peak_memory_mb"] = metrics.peak_memory_mb()
+    out["predicted_memory_mb"] = predicted["total_mb"]
+    out["predicted_memory"] = predicted
     state = trainer.state
     final = trainer.evaluate()
     out["eval_loss"] = final["eval_loss"]
