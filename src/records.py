@@ -162,6 +162,14 @@ class GridSummary(Callback):
         print(f"\ntunegrid: {len(records)} run(s) in {sweep_dir}")
         for rec in records:
             print(summary_line(rec))
+        try:  # the report never decides the grid's exit status
+            from src.report import write_report
+
+            write_report(sweep_dir)
+            print(f"tunegrid: report: {sweep_dir / 'report.md'} (results.csv and plots beside it)")
+        except Exception as e:
+            print(f"tunegrid: report not written ({error_summary(e)}); try: python -m src.report {sweep_dir}",
+                  file=sys.stderr)
         bad = [r for r in records if r.get("status") != "success"]
         if bad:
             print(f"tunegrid: {len(bad)} run(s) did not succeed", file=sys.stderr)

@@ -18,12 +18,10 @@ studies: ## list the studies in sweeps/ (run one with make sweep-<study> ARGS=".
 	  printf "  make sweep-%-14s %s\n" "$$s" "$$(grep -m1 -E '^# [^@]' $(SWEEPS_DIR)/$$s.yaml | sed -e 's/^# //' -e 's/^Study `[^`]*` — //')"; \
 	done
 
-# The grid's exit status is kept (non-zero when a run failed) but the report is written either way.
+# The grid writes its report at the end (src.records.GridSummary) and exits non-zero when a run failed.
 $(addprefix sweep-,$(STUDIES)): sweep-%:
 	@dir="$(if $(DIR),$(DIR),multirun/$*/$$(date +%Y-%m-%d_%H-%M-%S))"; \
-	$(PY) -m src.run -m +sweep=$* hydra.sweep.dir="$$dir" $(ARGS); rc=$$?; \
-	$(PY) -m src.report "$$dir" || [ $$rc -ne 0 ] || rc=1; \
-	exit $$rc
+	$(PY) -m src.run -m +sweep=$* hydra.sweep.dir="$$dir" $(ARGS)
 
 report: ## write report.md, results.csv and plots for a grid: make report DIR=multirun/<study>/<time>
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep folder>"; exit 2; }
