@@ -69,15 +69,11 @@ def predict_memory_mb(model, cfg, precision: str) -> dict[str, float]:
     gradient checkpointing) + logits and their gradient B·S·V·4·2. B = micro-batch, S = data.max_seq_len
     (an upper bound under dynamic padding), H hidden size, A heads, V vocabulary.
     """
+    from src.methods import count_params, memory_split
+
     mb = 2**20
-    seen, weights, trainable = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        weights += p.numel() * p.element_size()
-        if p.requires_grad:
-            trainable += p.numel()
+    weights = memory_split(model)["weights_bytes"]
+    trainable = count_params(model)["trainable_params"]
     config = getattr(model, "config", None)
     config = getattr(getattr(model, "base_model", None), "config", config)
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1) or 1)
