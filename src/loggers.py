@@ -129,9 +129,11 @@ class MetricsCallback(TrainerCallback):
     def __init__(self, loggers: list[Logger]):
         self.loggers = loggers
         self._last = (0, None)  # (tokens seen, time)
+        self.start_tokens = 0
         self.history: list[dict[str, float]] = []
 
     def on_train_begin(self, args, state, control, **kw):
+        self.start_tokens = state.num_input_tokens_seen  # > 0 when resumed from a checkpoint
         self._last = (state.num_input_tokens_seen, time.perf_counter())
 
     def on_log(self, args, state, control, logs=None, **kw):

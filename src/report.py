@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -36,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from src import records
 from src.config import REPO_ROOT, flatten
 from src.records import RECORD, STATUSES, read_records
 
@@ -95,11 +97,12 @@ def fmt_rate(v: float) -> str:
 
 @dataclass(frozen=True)
 class Metric:
-    key: str  # name in record["metrics"]
+    key: str  # name in record["metrics"] (or a derived value, see Run.values)
     header: str  # column header in report.md
     fmt: Callable[[float], str]
     lower_is_better: bool
     label: str = ""  # axis label in plots
+    ranked: bool = True  # False: never in bold (a prediction, or a ratio with no better direction)
 
     @property
     def axis(self) -> str:
@@ -112,6 +115,17 @@ TABLE_METRICS: tuple[Metric, ...] = (
     Metric("tokens_per_s", "tokens/s", fmt_rate, False),
     Metric("time_per_epoch_s", "time/epoch", fmt_seconds, True, "time/epoch (s)"),
     Metric("peak_memory_mb", "peak memory", fmt_mb, True, "peak memory (MiB)"),
+    Metric(
+        "predicted_memory_mb", "predicted memory", fmt_mb, True, "predicted peak memory (MiB)", ranked=False
+    ),
+    Metric(
+        "peak_memory_ratio",
+        "measured/predicted",
+        fmt_2,
+        True,
+        "measured / predicted peak memory",
+        ranked=False,
+    ),
     Metric("checkpoint_bytes", "checkpoint", fmt_bytes, True, "checkpoint (bytes)"),
     Metric("eval_loss", "eval loss", fmt_4, True),
     Metric("perplexity", "perplexity", fmt_2, True),
@@ -221,6 +235,11 @@ class Stat:
 _MISSING = object()
 
 
+SKIPPED_OOM = "skipped_oom"
+SKIPPED_OOM_TEXT = "skipped (predicted not to fit)"
+_PREDICTED_IN_ERROR = re.compile(r"predicted peak ([0-9.]+) MiB > device memory ([0-9.]+) MiB")
+
+
 @dataclass
 class Run:
     dir: Path
@@ -228,6 +247,7 @@ class Run:
     record: dict[str, Any]
     settings: dict[str, Any]  # candidate keys -> values (see settings_of)
     override_keys: list[str]
+    stale: bool = False  # ran with other code than the report's (see load)
 
     @property
     def status(self) -> str:
@@ -241,9 +261,51 @@ class Run:
     def metrics(self) -> dict[str, Any]:
         return self.record.get("metrics") or {}
 
+    @functools.cached_property
+    def values(self) -> dict[str, Any]:
+        """The record's metrics plus the derived peak_memory_ratio (measured / predicted peak memory)."""
+        out = dict(self.metrics)
+        if self.status == SKIPPED_OOM and out.get("predicted_memory_mb") is None:
+            out["predicted_memory_mb"] = self.predicted_skip()[0]
+        peak, pred = _number(out.get("peak_memory_mb")), _number(out.get("predicted_memory_mb"))
+        if peak is not None and pred:
+            out["peak_memory_ratio"] = peak / pred
+        return out
+
     @property
     def has_config(self) -> bool:
         return bool(self.record.get("config"))
+
+    @property
+    def device(self) -> str | None:
+        return (self.record.get("env") or {}).get("device")
+
+    @property
+    def on_cpu(self) -> bool:
+        return str(self.device).lower() == "cpu"
+
+    def predicted_skip(self) -> tuple[float | None, float | None]:
+        """(predicted peak MiB, device memory MiB) of a skipped_oom cell: from the record's metrics when it
+        holds them, else from the SkippedOOM message src.metrics.check_fits writes."""
+        pred = _number(self.metrics.get("predicted_memory_mb"))
+        cap = None
+        if m := _PREDICTED_IN_ERROR.search(str(self.record.get("error") or "")):
+            pred = pred if pred is not None else float(m.group(1))
+            cap = float(m.group(2))
+        return pred, cap
+
+    def oom_note(self) -> str | None:
+        """What a run that succeeded after out-of-memory retries finally trained with; None without retries."""
+        n = self.record.get("oom_retries")
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            return None
+        used = self.record.get("trainer_used") or {}
+        parts = [f"{k}={used[k]}" for k in ("batch_size", "grad_accum") if used.get(k) is not None]
+        if used.get("gradient_checkpointing"):
+            parts.append("gradient checkpointing")
+        return f"{n} OOM {'retry' if n == 1 else 'retries'}" + (
+            f": ran with {', '.join(parts)}" if parts else ""
+        )
 
 
 @dataclass
@@ -254,19 +316,26 @@ class Group:
     runs: list[Run]
 
     def stat(self, key: str) -> Stat | None:
-        return Stat.of([v for r in self.runs if (v := _number(r.metrics.get(key))) is not None])
+        return Stat.of([v for r in self.runs if (v := _number(r.values.get(key))) is not None])
+
+    @property
+    def stale(self) -> int:
+        """How many of the row's runs are stale."""
+        return sum(r.stale for r in self.runs)
 
 
 @dataclass
 class Study:
     root: Path
-    runs: list[Run]  # every finished record (success, failed, invalid)
-    skipped: list[tuple[str, str]]  # (run folder, why)
+    runs: list[Run]  # every finished record (any of records.STATUSES)
+    skipped: list[tuple[str, str]]  # (run folder, why): folders without a finished record
     keys: list[str]  # varied keys without seed: swept ones first, then derived ones
     swept: list[str]  # the varied keys some run's overrides name
     fixed: dict[str, Any]  # settings that are the same in every run
     replicates: bool  # seed varies
     task_metrics: list[Metric] = field(default_factory=list)
+    code: str = ""  # the current records.code_key() that runs are compared with
+    allow_stale: bool = False  # stale runs count for bold, plots and the Pareto frontier
 
     @property
     def ok(self) -> list[Run]:
@@ -274,7 +343,27 @@ class Study:
 
     @property
     def failed(self) -> list[Run]:
+        """Every run that did not succeed (skipped_oom cells included)."""
         return [r for r in self.runs if not r.ok]
+
+    @property
+    def stale(self) -> list[Run]:
+        """Successful runs whose code_key differs from the current code (or that have none)."""
+        return [r for r in self.ok if r.stale]
+
+    @property
+    def compared(self) -> list[Run]:
+        """The successful runs that bold, plots and the Pareto frontier use: stale ones only with allow_stale."""
+        return [r for r in self.ok if self.allow_stale or not r.stale]
+
+    def counts(self) -> str:
+        """'5 run(s): 3 succeeded (1 stale), 1 oom, 1 skipped (predicted not to fit)'."""
+        parts = [f"{len(self.ok)} succeeded" + (f" ({len(self.stale)} stale)" if self.stale else "")]
+        for status in [*STATUSES, *sorted({r.status for r in self.runs} - set(STATUSES))]:
+            n = sum(r.status == status for r in self.runs)
+            if status != "success" and n:
+                parts.append(f"{n} {SKIPPED_OOM_TEXT if status == SKIPPED_OOM else status}")
+        return f"{len(self.runs)} run(s): " + ", ".join(parts)
 
     @property
     def metrics(self) -> list[Metric]:
@@ -286,13 +375,20 @@ class Study:
         return self.swept or self.keys
 
     def groups(self) -> list[Group]:
-        """Successful runs, grouped by the varied keys (seed aside) in the order they first appear."""
+        """Successful runs, grouped by the varied keys (seed aside) in the order they first appear. Stale
+        runs never share a row with current ones (unless allow_stale)."""
         out: dict[str, Group] = {}
         for r in self.ok:
             values = {k: r.settings.get(k) for k in self.keys}
             ident = _ident(values) if self.replicates else r.name
+            if r.stale and not self.allow_stale:
+                ident += " stale"
             out.setdefault(ident, Group(values, [])).runs.append(r)
         return list(out.values())
+
+    def compared_groups(self) -> list[Group]:
+        """The rows that bold, plots and the Pareto frontier use: without stale runs unless allow_stale."""
+        return [g for g in self.groups() if self.allow_stale or not g.stale]
 
     def label(self, values: dict[str, Any], keys: Sequence[str] | None = None) -> str:
         keys = self.plot_keys if keys is None else keys
@@ -330,11 +426,15 @@ def parse_scalar(text: str) -> Any:
 # Config keys that are candidates for "varied keys" besides top-level scalars and group choices.
 _DETAIL_PREFIXES = ("trainer.", "lr_schedule.warmup_", "data.max_seq_len", "eval.")
 _NEVER = {"trainer.seed"}  # follows `seed`
+# Override keys that are not settings of a run: Hydra's own, and the resume / skip switches (sweep.force,
+# sweep.rerun_stale, sweep.skip_predicted_oom …) that a re-run of a grid adds.
+_NOT_SETTINGS = ("hydra.", "sweep.")
 
 
 def settings_of(record: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """(settings, override keys) of one record. Settings: top-level scalars, each config group's choice
-    (its `name`), trainer and warm-up scalars, and every key the overrides name (config value first)."""
+    (its `name`), trainer and warm-up scalars, and every key the overrides name (config value first) but
+    hydra.* and sweep.* (resume switches)."""
     cfg = record.get("config") or {}
     flat = flatten(cfg) if cfg else {}
     s: dict[str, Any] = {}
@@ -353,7 +453,7 @@ def settings_of(record: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     for ov in record.get("overrides") or []:
         k, sep, v = str(ov).partition("=")
         k = k.lstrip("+~")
-        if not sep or k.startswith("hydra.") or k in keys:
+        if not sep or k.startswith(_NOT_SETTINGS) or k in keys:
             continue
         keys.append(k)
         if k not in s:
@@ -378,9 +478,12 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def load(root: Path) -> Study:
-    """Read the records under root and work out what varied."""
+def load(root: Path, allow_stale: bool = False, code: str | None = None) -> Study:
+    """Read the records under root and work out what varied. A run is stale when its `code_key` differs
+    from `code` (default: records.code_key(), the code and library versions of this checkout); a
+    successful record without a code_key counts as stale too (as records.find_done treats it)."""
     root = Path(root)
+    code = records.code_key() if code is None else code
     runs: list[Run] = []
     skipped: list[tuple[str, str]] = []
     finished: set[Path] = set()
@@ -391,7 +494,9 @@ def load(root: Path) -> Study:
             skipped.append((_rel(run_dir, root), f"record not finished (status {rec.get('status')!r})"))
             continue
         s, keys = settings_of(rec)
-        runs.append(Run(run_dir, _rel(run_dir, root), rec, s, keys))
+        key = rec.get("code_key")
+        stale = key != code if rec.get("status") == "success" else key is not None and key != code
+        runs.append(Run(run_dir, _rel(run_dir, root), rec, s, keys, stale))
     for d in _run_dirs(root):
         if d.resolve() not in finished:
             skipped.append((_rel(d, root), f"no {RECORD} (still running, killed, or not started)"))
@@ -407,7 +512,7 @@ def load(root: Path) -> Study:
             for k, v in r.metrics.items():
                 if _is_task_key(k) and _number(v) is not None:
                     task.setdefault(k, task_metric(k))
-    return Study(root, runs, skipped, keys, swept, fixed, replicates, list(task.values()))
+    return Study(root, runs, skipped, keys, swept, fixed, replicates, list(task.values()), code, allow_stale)
 
 
 def varied_keys(runs: Sequence[Run]) -> tuple[list[str], list[str], dict[str, Any]]:
@@ -458,29 +563,62 @@ def _cell(m: Metric, st: Stat | None, replicates: bool) -> str:
     return f"{m.fmt(st.mean)} ± {m.fmt(st.std)} [{m.fmt(st.lo)}, {m.fmt(st.hi)}]"
 
 
-def best_groups(groups: Sequence[Group], m: Metric) -> set[int]:
-    """Indices of the groups holding the best mean of metric m (ties all count); none when all agree."""
-    means = {i: st.mean for i, g in enumerate(groups) if (st := g.stat(m.key)) is not None}
-    if len(set(means.values())) < 2:
+def best_groups(groups: Sequence[Group], m: Metric, among: Iterable[int] | None = None) -> set[int]:
+    """Indices of the groups holding the best mean of metric m (ties all count), only the indices in
+    `among` competing (default all); none when they all agree or the metric is not ranked."""
+    idx = range(len(groups)) if among is None else among
+    means = {i: st.mean for i in idx if (st := groups[i].stat(m.key)) is not None}
+    if not m.ranked or len(set(means.values())) < 2:
         return set()
     best = (min if m.lower_is_better else max)(means.values())
     return {i for i, v in means.items() if v == best}
 
 
+def _row_status(g: Group) -> str:
+    if not g.stale:
+        return "current"
+    return "stale" if g.stale == len(g.runs) else f"stale ({g.stale} of {len(g.runs)})"
+
+
+def _row_notes(study: Study, g: Group) -> str:
+    notes = []
+    for r in g.runs:
+        if note := r.oom_note():
+            who = f"seed={show(r.settings.get('seed'))}: " if study.replicates and len(g.runs) > 1 else ""
+            notes.append(who + note)
+    return "; ".join(notes)
+
+
 def table_rows(study: Study) -> tuple[list[str], list[list[str]]]:
-    """The report table: header and rows (markdown cell text; best per metric in bold)."""
+    """The report table: header and rows (markdown cell text; best per metric in bold among the rows that
+    are compared, i.e. not stale unless allow_stale). A `status` column (current / stale) appears when a
+    row is stale, a `notes` column when a run needed out-of-memory retries."""
     groups = study.groups()
     metrics = [m for m in study.metrics if any(g.stat(m.key) for g in groups)]
-    header = [*study.keys, *(["n"] if study.replicates else []), *(m.header for m in metrics)]
+    with_status = any(g.stale for g in groups)
+    notes = [_row_notes(study, g) for g in groups]
+    header = [
+        *study.keys,
+        *(["n"] if study.replicates else []),
+        *(["status"] if with_status else []),
+        *(m.header for m in metrics),
+        *(["notes"] if any(notes) else []),
+    ]
     rows = [
-        [_md(show(g.values.get(k))) for k in study.keys] + ([str(len(g.runs))] if study.replicates else [])
+        [_md(show(g.values.get(k))) for k in study.keys]
+        + ([str(len(g.runs))] if study.replicates else [])
+        + ([_row_status(g)] if with_status else [])
         for g in groups
     ]
+    among = [i for i, g in enumerate(groups) if study.allow_stale or not g.stale]
     for m in metrics:
-        best = best_groups(groups, m)
+        best = best_groups(groups, m, among)
         for i, g in enumerate(groups):
             text = _cell(m, g.stat(m.key), study.replicates)
             rows[i].append(f"**{text}**" if i in best else text)
+    if any(notes):
+        for row, note in zip(rows, notes, strict=True):
+            row.append(_md(note) or "—")
     return header, rows
 
 
@@ -494,23 +632,41 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+_TRAINER_USED = ("batch_size", "grad_accum", "gradient_checkpointing")
+
+
 def csv_text(study: Study) -> str:
-    """One row per run (failed ones included): run, status, varied keys (and seed), every metric, error."""
+    """One row per run (every status): run, status, stale, varied keys (and seed), every metric (dicts such
+    as predicted_memory flattened to predicted_memory.weights_mb …; peak_memory_ratio derived), the
+    OOM retries and the trainer settings finally used, the step a failed run reached, error, code_key,
+    config_hash, overrides."""
     keys = [*study.keys, *(["seed"] if study.replicates else [])]
+    flat = {r.name: flatten(r.values) for r in study.runs}
     metric_keys = [m.key for m in TABLE_METRICS]
     for r in study.runs:
-        metric_keys += [k for k in r.metrics if k not in metric_keys]
+        metric_keys += [k for k in flat[r.name] if k not in metric_keys]
+    used_keys = [f"trainer_used.{k}" for k in _TRAINER_USED]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["run", "status", *keys, *metric_keys, "error", "overrides"])
+    w.writerow(
+        ["run", "status", "stale", *keys, *metric_keys, "oom_retries", *used_keys, "step", "error"]
+        + ["code_key", "config_hash", "overrides"]
+    )
     for r in study.runs:
+        used = r.record.get("trainer_used") or {}
         w.writerow(
             [
                 r.name,
                 r.status,
+                str(r.stale).lower() if r.ok or r.record.get("code_key") else "",
                 *(_csv(r.settings.get(k)) for k in keys),
-                *(_csv(r.metrics.get(k)) for k in metric_keys),
+                *(_csv(flat[r.name].get(k)) for k in metric_keys),
+                _csv(r.record.get("oom_retries")),
+                *(_csv(used.get(k)) for k in _TRAINER_USED),
+                _csv(r.record.get("step")),
                 r.record.get("error") or "",
+                r.record.get("code_key") or "",
+                r.record.get("config_hash") or "",
                 " ".join(r.record.get("overrides") or []),
             ]
         )
@@ -526,14 +682,21 @@ def _csv(v: Any) -> Any:
 
 
 def stdout_table(study: Study) -> str:
-    """A short plain-text table: varied keys, eval loss, peak memory, tokens/s."""
+    """A short plain-text table: varied keys, (status when a row is stale), eval loss, peak memory, tokens/s."""
     groups = study.groups()
     cols = [BY_KEY["eval_loss"], BY_KEY["peak_memory_mb"], BY_KEY["tokens_per_s"]]
-    header = [*(study.keys or ["run"]), *(["n"] if study.replicates else []), *(m.header for m in cols)]
+    with_status = any(g.stale for g in groups)
+    header = [
+        *(study.keys or ["run"]),
+        *(["n"] if study.replicates else []),
+        *(["status"] if with_status else []),
+        *(m.header for m in cols),
+    ]
     rows = []
     for g in groups:
         row = [show(g.values.get(k)) for k in study.keys] if study.keys else [g.runs[0].name]
         row += [str(len(g.runs))] if study.replicates else []
+        row += [_row_status(g)] if with_status else []
         for m in cols:
             st = g.stat(m.key)
             row.append("—" if st is None else m.fmt(st.mean) + (f" ± {m.fmt(st.std)}" if st.n > 1 else ""))
@@ -552,11 +715,12 @@ class Plot:
     """What a plot shows (read back from its axes): for the report, W&B and tests."""
 
     file: str
-    kind: str  # line | bars | curves | pareto
+    kind: str  # line | bars | curves | pareto | memory
     title: str
     xlabels: list[str]
     ylabels: list[str]
     series: list[str]  # legend entries
+    points: list[str] = field(default_factory=list)  # the labels written next to points (Pareto, memory)
 
 
 def _numeric(values: Iterable[Any]) -> bool:
@@ -596,8 +760,17 @@ def _info(fig, file: str, kind: str, title: str) -> Plot:
         leg = ax.get_legend()
         if leg is not None:
             series += [t.get_text() for t in leg.get_texts() if t.get_text() not in series]
+    points: list[str] = []
+    for ax in fig.axes:
+        points += [t.get_text() for t in ax.texts if t.get_text() not in points]
     return Plot(
-        file, kind, title, [ax.get_xlabel() for ax in fig.axes], [ax.get_ylabel() for ax in fig.axes], series
+        file,
+        kind,
+        title,
+        [ax.get_xlabel() for ax in fig.axes],
+        [ax.get_ylabel() for ax in fig.axes],
+        series,
+        points,
     )
 
 
@@ -618,16 +791,17 @@ def _time_metric(groups: Sequence[Group]) -> Metric:
 
 def plot_numeric(study: Study, key: str) -> tuple[Plot, bytes]:
     """Eval loss, peak memory and tokens/s against one numeric key; one line per setting of the other keys."""
-    groups = study.groups()
+    groups = study.compared_groups()
     metrics = [BY_KEY["eval_loss"], BY_KEY["peak_memory_mb"], BY_KEY["tokens_per_s"]]
     fig, axes = _new_figure(len(metrics))
     xs_all = [g.values.get(key) for g in groups if g.values.get(key) is not None]
-    log2 = min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8
+    log2 = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8
     series = _split_by(study, groups, key)
     for ax, m in zip(axes, metrics, strict=True):
         for name, gs in series.items():
             pts = sorted(
-                (g.values[key], st) for g in gs if g.values.get(key) is not None and (st := g.stat(m.key))
+                ((g.values[key], st) for g in gs if g.values.get(key) is not None and (st := g.stat(m.key))),
+                key=lambda p: p[0],
             )
             if not pts:
                 continue
@@ -658,7 +832,7 @@ def plot_numeric(study: Study, key: str) -> tuple[Plot, bytes]:
 
 def plot_bars(study: Study, key: str) -> tuple[Plot, bytes]:
     """Time, peak memory and eval loss per value of one categorical key; grouped bars per other setting."""
-    groups = study.groups()
+    groups = study.compared_groups()
     metrics = [_time_metric(groups), BY_KEY["peak_memory_mb"], BY_KEY["eval_loss"]]
     cats: list[Any] = []
     for g in groups:
@@ -721,7 +895,7 @@ def read_curve(run_dir: Path, key: str = "train/loss") -> list[tuple[int, float]
 
 def plot_curves(study: Study) -> tuple[Plot, bytes] | None:
     """Training loss against step, one line per run (replicates share their setting's colour)."""
-    groups = study.groups()
+    groups = study.compared_groups()
     curves = [(g, r, c) for g in groups for r in g.runs if (c := read_curve(r.dir))]
     if not curves:
         return None
@@ -764,8 +938,9 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def plot_pareto(study: Study) -> tuple[Plot, bytes] | None:
-    """Eval loss against cost (peak memory, trainable parameters), the Pareto frontier marked."""
-    groups = study.groups()
+    """Eval loss against cost (peak memory, trainable parameters), the Pareto frontier marked; stale rows
+    are left out (unless allow_stale)."""
+    groups = study.compared_groups()
     costs = [BY_KEY["peak_memory_mb"], BY_KEY["trainable_params"]]
     q = BY_KEY["eval_loss"]
     usable = [c for c in costs if sum(1 for g in groups if g.stat(c.key) and g.stat(q.key)) >= 2]
@@ -808,10 +983,57 @@ def plot_pareto(study: Study) -> tuple[Plot, bytes] | None:
     return _info(fig, f"{PLOT_PREFIX}pareto.png", "pareto", title), _png(fig)
 
 
+def memory_points(study: Study) -> list[tuple[Run, float, float]]:
+    """(run, predicted MiB, measured MiB) of every compared successful run that has both."""
+    return [
+        (r, pred, peak)
+        for r in study.compared
+        if (pred := _number(r.metrics.get("predicted_memory_mb"))) is not None
+        and (peak := _number(r.metrics.get("peak_memory_mb"))) is not None
+    ]
+
+
+def plot_memory(study: Study) -> tuple[Plot, bytes] | None:
+    """Measured against predicted peak memory, one point per run (GPU and CPU runs apart), with y = x."""
+    pts = memory_points(study)
+    if len(pts) < 2:
+        return None
+    fig, (ax,) = _new_figure(1, width=5.6, height=4.6)
+    kinds = [
+        ("GPU (CUDA peak allocated)", "C0", [p for p in pts if not p[0].on_cpu]),
+        ("CPU (process peak RSS, runtime included)", "C1", [p for p in pts if p[0].on_cpu]),
+    ]
+    for label, colour, ps in kinds:
+        if ps:
+            ax.scatter([p[1] for p in ps], [p[2] for p in ps], color=colour, alpha=0.8, label=label, zorder=3)
+    values = [v for _, pred, peak in pts for v in (pred, peak)]
+    lo, hi = min(values), max(values)
+    log = lo > 0 and hi / lo >= 10
+    pad = 0.05 * (hi - lo or hi or 1.0)
+    lo, hi = (lo / 1.3, hi * 1.3) if log else (lo - pad, hi + pad)
+    ax.plot([lo, hi], [lo, hi], color="0.4", ls="--", lw=1, label="y = x (prediction exact)")
+    for r, pred, peak in pts:
+        label = study.label(r.settings, study.keys) if study.keys else r.name
+        ax.annotate(label, (pred, peak), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("predicted peak memory (MiB)")
+    ax.set_ylabel("measured peak memory (MiB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    title = "peak memory: measured against predicted"
+    fig.suptitle(title, fontsize=10)
+    return _info(fig, f"{PLOT_PREFIX}memory-predicted.png", "memory", title), _png(fig)
+
+
 def make_plots(study: Study) -> list[tuple[Plot, bytes]]:
     """The plots that fit what varied: a line plot per numeric key, bars per categorical key, the loss
-    curves, and the Pareto plot."""
-    groups = study.groups()
+    curves, the Pareto plot, and measured against predicted peak memory. Stale runs are left out unless
+    allow_stale."""
+    groups = study.compared_groups()
     if not groups:
         return []
     out: list[tuple[Plot, bytes] | None] = []
@@ -823,6 +1045,7 @@ def make_plots(study: Study) -> list[tuple[Plot, bytes]]:
     out.append(plot_curves(study))
     if len(groups) >= 2:
         out.append(plot_pareto(study))
+    out.append(plot_memory(study))
     return [p for p in out if p is not None]
 
 
@@ -860,15 +1083,99 @@ _FIXED_SHOWN = (
 )
 
 
+def _stale_note(study: Study) -> str:
+    stale, ok = study.stale, study.ok
+    theirs: dict[str, int] = {}
+    for r in stale:
+        key = r.record.get("code_key") or "no code_key"
+        theirs[key] = theirs.get(key, 0) + 1
+    shown = ", ".join(f"`{k}` ({n})" for k, n in list(theirs.items())[:3]) + (" …" if len(theirs) > 3 else "")
+    head = (
+        f"**{len(stale)} of {len(ok)} successful run(s) are stale**: they ran with other code or library "
+        f"versions than the current `{study.code}` (theirs: {shown}). They are in the table with status `stale`"
+    )
+    if study.allow_stale:
+        head += " and, because of `--allow-stale`, compared with the others in bold, plots and the Pareto frontier."
+    else:
+        head += (
+            " but left out of best-in-bold, the plots and the Pareto frontier (`--allow-stale` compares them "
+            "anyway)."
+        )
+    return head + (
+        f" `sweep.rerun_stale=true` re-runs them: the grid's command again with `hydra.sweep.dir={study.root}` "
+        "`sweep.rerun_stale=true`."
+    )
+
+
+def _memory_note(study: Study) -> str:
+    runs = [r for r in study.ok if _number(r.metrics.get("predicted_memory_mb")) is not None]
+    cpu = sum(r.on_cpu for r in runs)
+    gpus = sorted({str(r.device) for r in runs if not r.on_cpu})
+    note = (
+        "Peak memory is measured: on GPU the CUDA allocator's peak (torch.cuda.max_memory_allocated); on CPU "
+        "the peak resident set size of the whole process, which includes the Python/torch runtime, so there "
+        "measured/predicted is not a check of the prediction: the ratio is only meaningful on GPU. Predicted "
+        "memory is weights + gradients + optimizer state + activations from sizes alone "
+        "(src.metrics.predict_memory_mb; the parts per run are in results.csv)."
+    )
+    if cpu == len(runs):
+        return note + " Every run here with a prediction ran on CPU."
+    where = f"{len(runs) - cpu} run(s) on GPU ({', '.join(gpus)})" + (f", {cpu} on CPU" if cpu else "")
+    return note + f" Here: {where}."
+
+
+_OOM_NOTE = (
+    "Notes: runs that ran out of memory and then succeeded on a retry (trainer.oom_retry: half the micro-batch "
+    "and twice the accumulation, the same effective batch; then gradient checkpointing too); their memory and "
+    "time are those of the settings they finally used."
+)
+
+
+def _run_label(study: Study, r: Run) -> str:
+    if study.keys:
+        return study.label(r.settings, study.keys + (["seed"] if study.replicates else []))
+    return " ".join(r.record.get("overrides") or []) or "defaults"
+
+
+def _failure_line(study: Study, r: Run) -> str:
+    """One run that did not succeed: status, step reached, error line, traceback file; or a skipped_oom cell
+    with its predicted peak."""
+    head = f"- `{r.name}` {_run_label(study, r)}: "
+    other = " (stale: ran with other code)" if r.stale else ""
+    if r.status == SKIPPED_OOM:
+        pred, cap = r.predicted_skip()
+        if pred is None:
+            return head + f"**{SKIPPED_OOM_TEXT}** — {_md(str(r.record.get('error') or '?'))}{other}"
+        text = f"predicted peak {fmt_mb(pred)}" + (
+            f" > device memory {fmt_mb(cap)}" if cap is not None else ""
+        )
+        parts = r.metrics.get("predicted_memory")
+        if isinstance(parts, dict):
+            text += (
+                " ("
+                + ", ".join(
+                    f"{k.removesuffix('_mb')} {fmt_mb(v)}"
+                    for k, v in parts.items()
+                    if k != "total_mb" and _number(v) is not None
+                )
+                + ")"
+            )
+        return head + f"**{SKIPPED_OOM_TEXT}** — {text}{other}"
+    step = r.record.get("step")
+    at = f" at step {step}" if step is not None else ""
+    tb = r.record.get("traceback_file")
+    where = f" (traceback: `{r.name}/{tb}`)" if tb else ""
+    return head + f"**{r.status}**{at} — {_md(str(r.record.get('error') or '?'))}{where}{other}"
+
+
 def markdown(study: Study, plots: Sequence[Plot]) -> str:
     name = study.study_name
-    n_ok, n_bad = len(study.ok), len(study.failed)
     lines = [f"# Study report{f': {name}' if name else ''}", ""]
     if q := study_question(name):
         lines += [f"*{q}*", ""]
     lines += [
-        f"`{study.root}` · {len(study.runs)} run(s): {n_ok} succeeded, {n_bad} did not"
-        + (f", {len(study.skipped)} skipped" if study.skipped else "")
+        f"`{study.root}` · {study.counts()}"
+        + (f" · {len(study.skipped)} unfinished" if study.skipped else "")
         + f" · generated {datetime.now(UTC).isoformat(timespec='seconds')}",
         "",
         "Varied: "
@@ -879,13 +1186,17 @@ def markdown(study: Study, plots: Sequence[Plot]) -> str:
     fixed = {k: v for k, v in study.fixed.items() if k in _FIXED_SHOWN}
     if fixed:
         lines += ["Fixed: " + ", ".join(f"{k}={show(v)}" for k, v in fixed.items()), ""]
+    if study.stale:
+        lines += [_stale_note(study), ""]
     lines += ["## Results", ""]
     if study.ok:
         header, rows = table_rows(study)
         lines += [markdown_table(header, rows), ""]
         note = (
             "Best value per metric column in **bold** (lowest for loss, perplexity, time, memory, size and "
-            "trainable parameters; highest for tokens/s and task metrics)."
+            "trainable parameters; highest for tokens/s and task metrics"
+            + ("; stale rows never" if study.stale and not study.allow_stale else "")
+            + ")."
         )
         if study.replicates:
             seeds = sorted({show(r.settings.get("seed")) for r in study.ok}, key=_natural)
@@ -894,6 +1205,10 @@ def markdown(study: Study, plots: Sequence[Plot]) -> str:
                 "[95% confidence interval of the mean, Student t]; n is the number of runs."
             )
         lines += [note, ""]
+        if BY_KEY["predicted_memory_mb"].header in header:
+            lines += [_memory_note(study), ""]
+        if "notes" in header:
+            lines += [_OOM_NOTE, ""]
     else:
         lines += ["No run succeeded.", ""]
     if plots:
@@ -901,21 +1216,14 @@ def markdown(study: Study, plots: Sequence[Plot]) -> str:
         for p in plots:
             lines += [f"![{p.title}]({p.file})", ""]
     if study.failed:
-        lines += ["## Failed runs", ""]
-        for r in study.failed:
-            label = (
-                study.label(r.settings, study.keys + (["seed"] if study.replicates else []))
-                if study.keys
-                else " ".join(r.record.get("overrides") or []) or "defaults"
-            )
-            tb = r.record.get("traceback_file")
-            where = f" (traceback: `{r.name}/{tb}`)" if tb else ""
-            lines.append(
-                f"- `{r.name}` {label}: **{r.status}** — {_md(str(r.record.get('error') or '?'))}{where}"
-            )
+        lines += ["## Runs that did not succeed", ""]
+        ordered = [r for r in study.failed if r.status != SKIPPED_OOM] + [
+            r for r in study.failed if r.status == SKIPPED_OOM
+        ]
+        lines += [_failure_line(study, r) for r in ordered]
         lines.append("")
     if study.skipped:
-        lines += ["## Skipped", ""]
+        lines += ["## Unfinished", ""]
         lines += [f"- `{d}`: {why}" for d, why in study.skipped]
         lines.append("")
     lines += ["All runs, every metric: [results.csv](results.csv)", ""]
@@ -946,10 +1254,13 @@ class Report:
     plots: list[Plot]
 
 
-def write_report(root: Path, plots: bool = True) -> Report:
-    """Read the records under root; write results.csv, report.md and the plots beside them."""
+def write_report(
+    root: Path, plots: bool = True, allow_stale: bool = False, code: str | None = None
+) -> Report:
+    """Read the records under root; write results.csv, report.md and the plots beside them. Stale runs (see
+    load) are shown and flagged, and compared with the others only with allow_stale."""
     root = Path(root)
-    study = load(root)
+    study = load(root, allow_stale=allow_stale, code=code)
     drawn = make_plots(study) if plots else []
     files = []
     for info, png in drawn:
@@ -1021,6 +1332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", type=Path, help="a grid's sweep folder (or any folder holding result.json files)")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
+    ap.add_argument(
+        "--allow-stale",
+        action="store_true",
+        help="compare stale runs (other code or library versions than now) in bold, plots and the Pareto "
+        "frontier too; they are flagged either way",
+    )
     args = ap.parse_args(argv)
     if not args.dir.is_dir():
         print(f"tunegrid report: {args.dir}: not a folder", file=sys.stderr)
@@ -1028,21 +1345,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     study = load(args.dir)
     if not study.runs:
         for d, why in study.skipped:
-            print(f"tunegrid report: skipped {d}: {why}", file=sys.stderr)
+            print(f"tunegrid report: unfinished {d}: {why}", file=sys.stderr)
         print(f"tunegrid report: no finished {RECORD} under {args.dir}; nothing written", file=sys.stderr)
         return 1
-    rep = write_report(args.dir, plots=not args.no_plots)
+    rep = write_report(args.dir, plots=not args.no_plots, allow_stale=args.allow_stale, code=study.code)
     st = rep.study
     print(
-        f"tunegrid report: {len(st.runs)} run(s) in {args.dir}: {len(st.ok)} succeeded, {len(st.failed)} did not"
-        + (f", {len(st.skipped)} skipped" if st.skipped else "")
+        f"tunegrid report: {args.dir}: {st.counts()}"
+        + (f", {len(st.skipped)} unfinished" if st.skipped else "")
     )
     if st.ok:
         print(stdout_table(st))
+    if st.stale:
+        print(
+            f"  {len(st.stale)} stale run(s) (other code than now): "
+            + ("compared anyway (--allow-stale)" if st.allow_stale else "flagged, not compared")
+            + "; sweep.rerun_stale=true re-runs them"
+        )
     for r in st.failed:
-        print(f"  {r.status:<8} {r.name}: {r.record.get('error')}")
+        if r.status == SKIPPED_OOM:
+            pred, _ = r.predicted_skip()
+            why = f"predicted peak {fmt_mb(pred)}" if pred is not None else r.record.get("error")
+            print(f"  {SKIPPED_OOM_TEXT} {r.name}: {why}")
+        else:
+            at = f" (step {r.record['step']})" if r.record.get("step") is not None else ""
+            print(f"  {r.status:<11} {r.name}: {r.record.get('error')}{at}")
     for d, why in st.skipped:
-        print(f"  skipped  {d}: {why}")
+        print(f"  unfinished  {d}: {why}")
     print(f"tunegrid report: wrote {args.dir / MD_NAME}, {CSV_NAME} and {len(rep.plots)} plot(s)")
     if url := log_wandb(rep):
         print(f"tunegrid report: W&B {url}")

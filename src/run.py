@@ -271,7 +271,8 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         perplexity=math.exp(min(out["eval_loss"], 50.0)),
         test_perplexity=math.exp(min(out["test_loss"], 50.0)) if "test_loss" in out else None,
         tokens_trained=int(state.num_input_tokens_seen),
-        tokens_per_s=state.num_input_tokens_seen / runtime if runtime > 0 else 0.0,
+        # this session's tokens over this session's time (a resumed run counts only what it trained)
+        tokens_per_s=(state.num_input_tokens_seen - logger_cb.start_tokens) / runtime if runtime > 0 else 0.0,
         train_runtime_s=runtime,
         time_per_epoch_s=runtime / epochs_done if epochs_done > 0 else None,
         steps=int(state.global_step),
