@@ -1,8 +1,9 @@
 """One machine-readable record per run (`result.json`), written atomically, and the grid summary.
 
 Schema (version 1): status, error, overrides, method, optimizer, lr_schedule, frozen_blocks,
-config (resolved), metrics, env {git_commit, git_dirty, versions, device, python}, started_at,
-ended_at, run_dir. The report (src/report.py) reads nothing else.
+config (resolved), config_hash, code_key, metrics, env {git_commit, git_dirty, versions, device, python},
+started_at, ended_at, run_dir, group; on failure traceback_file and step; after OOM retries
+oom_retries and trainer_used. The report (src/report.py) reads nothing else.
 """
 
 from __future__ import annotations
@@ -90,11 +91,28 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+CODE_PATHS = ("src", "conf", "sweeps")
+
+
 def code_key() -> str:
-    """The code a result depends on: git commit (plus a dirty mark) and torch/transformers/peft/bitsandbytes."""
-    git, ver = git_info(), versions()
-    parts = [git["git_commit"] + ("+dirty" if git["git_dirty"] else "")] + [f"{p}={ver[p]}" for p in CODE_PACKAGES]
-    return " ".join(parts)
+    """The code a result depends on: the last commit that touched src/, conf/ or sweeps/ (plus a hash of
+    uncommitted changes there), and the torch/transformers/peft/bitsandbytes versions. Commits that
+    touch only docs or tests leave earlier results current."""
+    import hashlib
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("log", "-1", "--format=%H", "--", *CODE_PATHS) or "unknown"
+    diff = git("diff", "HEAD", "--", *CODE_PATHS)
+    if diff:
+        commit += "+dirty:" + hashlib.sha256(diff.encode()).hexdigest()[:8]
+    ver = versions()
+    return " ".join([commit] + [f"{p}={ver[p]}" for p in CODE_PACKAGES])
 
 
 def find_done(root: Path, record: dict[str, Any], sweep: Any) -> dict[str, Any] | None:

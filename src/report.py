@@ -1,19 +1,30 @@
-"""Study reports: `python -m src.report <dir>` turns the records of a grid into something to read.
+"""Study reports: `python -m src.report <dir> [--allow-stale]` turns the records of a grid into something to read.
 
 It reads every `result.json` under <dir> (src.records.read_records) and writes, beside them:
 
-- `results.csv`: one row per run: run folder, status, the varied keys, every metric, the error line;
-- `report.md`: one table (varied keys first, then cost and quality metrics), the best value of each
-  metric column in bold, the fixed settings, the plots, failed runs with their error line, and the
-  run folders that were skipped because they hold no finished record;
+- `results.csv`: one row per run (every status): run folder, status, stale, the varied keys, every
+  metric (predicted_memory flattened, measured/predicted peak memory as peak_memory_ratio), OOM retries
+  and the trainer settings finally used, the step a failed run reached, the error line, code key;
+- `report.md`: one table of the successful runs (varied keys first, then cost and quality metrics,
+  measured and predicted peak memory and their ratio, a note per row that needed OOM retries), the best
+  value of each metric column in bold, the fixed settings, the plots, the runs that did not succeed
+  (failed, invalid, oom, diverged, interrupted with their error line and step; skipped_oom cells with
+  their predicted memory), and the run folders without a finished record;
 - `plot-*.png`: chosen by what varied: metrics against each numeric key (e.g. rank), bars per
-  categorical key (e.g. optimizer), the training-loss curves (from each run's metrics.jsonl), and a
-  Pareto plot of eval loss against peak memory and trainable parameters with the frontier marked.
+  categorical key (e.g. optimizer), the training-loss curves (from each run's metrics.jsonl), a
+  Pareto plot of eval loss against peak memory and trainable parameters with the frontier marked, and
+  measured against predicted peak memory.
+
+Stale runs: a successful record whose `code_key` (git commit, torch/transformers/peft/bitsandbytes)
+differs from the current records.code_key() ran other code. It stays in the table with status `stale`
+but is left out of best-in-bold, the plots and the Pareto frontier, and never shares a replicate row
+with current runs; `--allow-stale` compares it anyway (still flagged). `sweep.rerun_stale=true` re-runs it.
 
 "Varied keys" are the settings whose values differ across runs: the keys a run's `overrides` name
-(the swept ones, shown first) and, from the resolved config, top-level keys, config-group choices
-(`method`, `optim` …) and trainer / warm-up settings that follow from them (e.g. `lr`). When `seed`
-varies the runs are replicates: one row per setting with mean ± std and a 95% confidence interval.
+(the swept ones, shown first; not hydra.* nor the sweep.* resume switches) and, from the resolved
+config, top-level keys, config-group choices (`method`, `optim` …) and trainer / warm-up settings that
+follow from them (e.g. `lr`). When `seed` varies the runs are replicates: one row per setting with
+mean ± std and a 95% confidence interval.
 
 Every file is written atomically (temp file + rename). With WANDB_MODE=online the table and plots
 also go to the study's W&B group (optional; never required). Nothing here imports torch.
@@ -359,7 +370,7 @@ class Study:
     def counts(self) -> str:
         """'5 run(s): 3 succeeded (1 stale), 1 oom, 1 skipped (predicted not to fit)'."""
         parts = [f"{len(self.ok)} succeeded" + (f" ({len(self.stale)} stale)" if self.stale else "")]
-        for status in [*STATUSES, *sorted({r.status for r in self.runs} - set(STATUSES))]:
+        for status in STATUSES:  # load() keeps only records with one of these
             n = sum(r.status == status for r in self.runs)
             if status != "success" and n:
                 parts.append(f"{n} {SKIPPED_OOM_TEXT if status == SKIPPED_OOM else status}")
@@ -878,19 +889,24 @@ def plot_bars(study: Study, key: str) -> tuple[Plot, bytes]:
 
 
 def read_curve(run_dir: Path, key: str = "train/loss") -> list[tuple[int, float]]:
-    """(step, value) pairs of one logged metric from a run's metrics.jsonl (bad lines skipped)."""
+    """(step, value) pairs of one logged metric from a run's metrics.jsonl (bad lines skipped), by step.
+
+    A run started again in its folder (retried after running out of memory, or resumed from a checkpoint)
+    appends to the same file and logs the same steps again: the last value logged at a step wins, so the
+    curve is that of the session that finished."""
     path = run_dir / METRICS_LOG
-    out: list[tuple[int, float]] = []
+    out: dict[int, float] = {}
     if not path.exists():
-        return out
+        return []
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+            step = int(row["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
-        if key in row and "step" in row and (v := _number(row[key])) is not None:
-            out.append((int(row["step"]), v))
-    return out
+        if key in row and (v := _number(row[key])) is not None:
+            out[step] = v
+    return sorted(out.items())
 
 
 def plot_curves(study: Study) -> tuple[Plot, bytes] | None:
@@ -902,7 +918,7 @@ def plot_curves(study: Study) -> tuple[Plot, bytes] | None:
     fig, (ax,) = _new_figure(1, width=6.4, height=4.2)
     colours: dict[int, Any] = {}
     for g, r, c in curves:
-        label = study.label(g.values) if study.keys else r.name
+        label = (study.label(g.values) if study.keys else r.name) + (" (stale)" if g.stale else "")
         first = id(g) not in colours
         if first:
             colours[id(g)] = f"C{len(colours) % 10}"
@@ -963,7 +979,7 @@ def plot_pareto(study: Study) -> tuple[Plot, bytes] | None:
         ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], color="C3", zorder=3)
         for g, (x, y) in zip(gs, pts, strict=True):
             ax.annotate(
-                study.label(g.values) if study.keys else g.runs[0].name,
+                (study.label(g.values) if study.keys else g.runs[0].name) + (" (stale)" if g.stale else ""),
                 (x, y),
                 fontsize=6,
                 xytext=(3, 3),
@@ -1013,7 +1029,9 @@ def plot_memory(study: Study) -> tuple[Plot, bytes] | None:
     lo, hi = (lo / 1.3, hi * 1.3) if log else (lo - pad, hi + pad)
     ax.plot([lo, hi], [lo, hi], color="0.4", ls="--", lw=1, label="y = x (prediction exact)")
     for r, pred, peak in pts:
-        label = study.label(r.settings, study.keys) if study.keys else r.name
+        label = (study.label(r.settings, study.keys) if study.keys else r.name) + (
+            " (stale)" if r.stale else ""
+        )
         ax.annotate(label, (pred, peak), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if log:
         ax.set_xscale("log")

@@ -60,6 +60,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
         status = {Diverged: "diverged", Interrupted: "interrupted", SkippedOOM: "skipped_oom"}.get(type(e))
         status = status or ("oom" if is_oom(e) else "failed")
+        if status == "skipped_oom":
+            record["metrics"] = {"predicted_memory_mb": e.predicted["total_mb"], "predicted_memory": e.predicted}
         records.write_failure(run_dir, record, e, status=status)
         print(f"tunegrid: run {status}: {records.error_summary(e)} (record: {run_dir / records.RECORD})",
               file=sys.stderr)

@@ -456,12 +456,19 @@ def test_every_status_listed_with_error_and_step(tmp_path, capsys):
 # --------------------------------------------------------------------------- stale runs
 
 
+@pytest.fixture
+def no_render(monkeypatch):
+    """Plots are built (axes, labels, legends, point labels) but not rendered to PNG: for tests that read
+    only what a plot shows, not its pixels (rendering is most of a plot's cost)."""
+    monkeypatch.setattr(report, "_png", lambda fig: PNG_SIGNATURE)
+
+
 def bold_by_column(md: str) -> dict[str, list[str]]:
     header, table = md_table(md)
     return {h: [r[0] for r in table if r[i].startswith("**")] for i, h in enumerate(header)}
 
 
-def test_stale_runs_flagged_and_not_compared(tmp_path, capsys):
+def test_stale_runs_flagged_and_not_compared(tmp_path, capsys, no_render):
     rank_grid(tmp_path, code={4: OTHER_CODE})  # rank 4 has the best eval loss and tokens/s, but other code
     rep = report.write_report(tmp_path, plots=False)
     assert [r.name for r in rep.study.stale] == ["2"] and rep.study.code == current_code()
@@ -500,7 +507,7 @@ def test_stale_runs_flagged_and_not_compared(tmp_path, capsys):
     bold = bold_by_column(md)
     assert bold["eval loss"] == ["4"] and bold["tokens/s"] == ["4"]
     pareto = report.plot_pareto(report.load(tmp_path, allow_stale=True))[0]
-    assert "rank=4" in pareto.points
+    assert "rank=4 (stale)" in pareto.points  # compared, still flagged
 
 
 def test_stale_replicates_never_share_a_row(tmp_path):
@@ -768,7 +775,7 @@ def test_plots_fit_what_varied(tmp_path):
     assert not (tmp_path / "plot-rank.png").exists()
 
 
-def test_two_swept_keys_give_series(tmp_path):
+def test_two_swept_keys_give_series(tmp_path, no_render):
     for i, (rank, mult) in enumerate([(4, 1), (4, 2), (8, 1), (8, 2)]):
         cfg = config_for("lora", rank)
         cfg["alpha_multiple"] = mult
@@ -789,6 +796,24 @@ def test_two_swept_keys_give_series(tmp_path):
     assert plots["plot-alpha_multiple.png"].series == ["rank=4", "rank=8"]
 
 
+def test_curve_of_a_restarted_run(tmp_path):
+    """An OOM retry starts over and a resumed run goes on from its checkpoint, both appending to metrics.jsonl
+    (each with its eval at step 0 first): the curve is the finishing session's, one point per step."""
+    lines = [
+        {"step": 0, "eval/loss": 6.2},
+        *({"step": s, "train/loss": 6.0 - s / 100} for s in (3, 6)),  # attempt 1: out of memory at step 7
+        {"step": 0, "eval/loss": 6.2},
+        *({"step": s, "train/loss": 5.0 - s / 100} for s in (3, 6, 9, 12)),  # attempt 2, killed after 12
+        {"step": 0, "eval/loss": 6.2},
+        *({"step": s, "train/loss": 4.0 - s / 100} for s in (12, 15)),  # resumed from the checkpoint at 10
+        {"step": 15, "eval/loss": 4.6},
+    ]
+    text = "".join(json.dumps(x) + "\n" for x in lines) + "not json\n" + '{"train/loss": 1.0}\n'
+    (tmp_path / "metrics.jsonl").write_text(text)
+    assert report.read_curve(tmp_path) == [(3, 4.97), (6, 4.94), (9, 4.91), (12, 3.88), (15, 3.85)]
+    assert report.read_curve(tmp_path, "eval/loss") == [(0, 6.2), (15, 4.6)]
+
+
 def test_pareto_front():
     pts = [(1.0, 5.0), (2.0, 4.0), (3.0, 4.5), (4.0, 3.0), (5.0, 3.0)]
     assert report.pareto_front(pts) == [0, 1, 3]
@@ -803,7 +828,7 @@ def test_wandb_upload_is_optional(tmp_path, monkeypatch):
     assert report.wandb_group(rep.study) == "/".join(tmp_path.resolve().parts[-2:])
 
 
-def test_wandb_online_logs_table_and_plots(tmp_path, monkeypatch):
+def test_wandb_online_logs_table_and_plots(tmp_path, monkeypatch, no_render):
     """The online path against a stand-in `wandb` module: one report run in the study's group."""
     import types
 

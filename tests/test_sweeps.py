@@ -214,7 +214,7 @@ def _check_report_matches(sweep_dir: Path, ranks: list[int]) -> None:
         assert row[loss] == f"{rec['metrics']['eval_loss']:.4f}"
         assert row[params] == f"{rec['metrics']['trainable_params'] / 1e3:.1f}K"
     pngs = sorted(p.name for p in sweep_dir.glob("plot-*.png"))
-    assert pngs == ["plot-loss-curves.png", "plot-pareto.png", "plot-rank.png"]
+    assert pngs == ["plot-loss-curves.png", "plot-memory-predicted.png", "plot-pareto.png", "plot-rank.png"]
     assert all((sweep_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
