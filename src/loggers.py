@@ -94,7 +94,7 @@ class WandbLogger:
         for k, v in summary.items():
             if isinstance(v, int | float | str | bool):
                 self.run.summary[k] = v
-        self.run.finish()
+        self.run.finish(exit_code=0 if summary.get("status", "success") == "success" else 1)
 
 
 # Trainer log keys -> split-prefixed names. Keys not listed keep their Trainer prefix convention:

@@ -52,7 +52,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         print(f"tunegrid: success; record: {run_dir / records.RECORD}")
     except ConfigError as e:
         print(f"tunegrid: error: {e}", file=sys.stderr)
-        records.write_failure(run_dir, record, e, status="invalid")
+        if multirun or not (run_dir / records.RECORD).exists():  # never overwrite an earlier run's record
+            records.write_failure(run_dir, record, e, status="invalid")
         if not multirun:
             sys.exit(2)
     except Exception as e:  # the task wrapper: one crashing run must not kill a grid
@@ -167,139 +168,152 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
                                    config={**flatten(cfg), "overrides": name, **counts}))
     logger_cb = MetricsCallback(backends)
 
-    # 3. The Trainer, configured from the YAML (optimizer class and kwargs from optim.optimizer).
-    opt = instantiate(cfg.optim.optimizer, _convert_="all")  # functools.partial(OptimizerClass, lr=..., ...)
-    sched = cfg.lr_schedule
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=int(t.batch_size),
-        per_device_eval_batch_size=int(t.eval_batch_size),
-        gradient_accumulation_steps=int(t.grad_accum),
-        num_train_epochs=float(t.epochs),
-        max_steps=int(t.max_steps),
-        max_grad_norm=float(t.max_grad_norm),
-        activation_checkpointing=bool(t.gradient_checkpointing),
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        learning_rate=float(cfg.lr),
-        weight_decay=float(cfg.weight_decay),
-        lr_scheduler_type=sched.name,
-        lr_scheduler_kwargs=dict(sched.kwargs),
-        warmup_steps=int(sched.warmup_steps) if int(sched.warmup_steps) > 0 else float(sched.warmup_ratio),
-        eval_strategy="steps",
-        eval_steps=int(t.eval_every),
-        logging_steps=int(t.logging_steps),
-        save_strategy="steps" if t.save_every else "no",
-        save_steps=int(t.save_every or 0) or 500,
-        save_total_limit=int(t.keep_checkpoints),
-        save_only_model=False,  # optimizer, scheduler and RNG state too: a resumed run continues exactly
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        report_to="none",
-        seed=int(t.seed),
-        data_seed=int(t.seed),
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=int(t.num_workers),
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    debug = cfg.get("debug") or {}
-    stop_on_signal = callbacks.StopOnSignal()
-    callbacks_: list[Any] = [logger_cb, stop_on_signal, callbacks.FaultInjection(
-        debug.get("fail_at_step"), debug.get("oom_at_step"), attempt, int(debug.get("oom_attempts", 1)),
-        float(debug.get("sleep_per_step", 0.0)))]
-    if t.early_stopping_patience is not None:
-        callbacks_.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
-    if t.token_budget:
-        callbacks_.append(callbacks.TokenBudget(int(t.token_budget)))
-    loss_watch = callbacks.LossWatch(model, debug.get("nan_at_step"))
-    trainer = Trainer(
-        model=model, args=args, data_collator=data.collator(tokenizer, cfg.data),
-        compute_metrics=None if cfg.task.generates_text else _accuracy,
-        train_dataset=splits["train"], eval_dataset=splits["validation"], processing_class=tokenizer,
-        callbacks=callbacks_, optimizer_cls_and_kwargs=(opt.func, dict(opt.keywords)),
-    )
-    trainer.remove_callback(PrinterCallback)  # our StdoutLogger prints the same logs with split prefixes
-    loss_watch.trainer = trainer
+    closed: list[bool] = []
 
-    # 4. Train, with an evaluation before (so every record shows how far the loss fell) and after.
-    out: dict[str, Any] = {}
-    if cfg.eval.eval_before_training:
-        out["initial_eval_loss"] = trainer.evaluate()["eval_loss"]
-    metrics.reset_peak_memory()
-    resume = get_last_checkpoint(args.output_dir) if cfg.resume == "auto" and Path(args.output_dir).is_dir() else None
-    if resume:
-        print(f"tunegrid: resuming from {resume}")
-    stop_on_signal.install()
+    def close(summary: dict[str, Any]) -> None:
+        """Finish every logger once: W&B marks the run failed unless summary says success."""
+        if not closed:
+            closed.append(True)
+            for lg in backends:
+                lg.finish(summary)
+
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        # 3. The Trainer, configured from the YAML (optimizer class and kwargs from optim.optimizer).
+        opt = instantiate(cfg.optim.optimizer, _convert_="all")  # functools.partial(OptimizerClass, lr=..., ...)
+        sched = cfg.lr_schedule
+        args = TrainingArguments(
+            output_dir=str(run_dir / "checkpoints"),
+            per_device_train_batch_size=int(t.batch_size),
+            per_device_eval_batch_size=int(t.eval_batch_size),
+            gradient_accumulation_steps=int(t.grad_accum),
+            num_train_epochs=float(t.epochs),
+            max_steps=int(t.max_steps),
+            max_grad_norm=float(t.max_grad_norm),
+            activation_checkpointing=bool(t.gradient_checkpointing),
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            learning_rate=float(cfg.lr),
+            weight_decay=float(cfg.weight_decay),
+            lr_scheduler_type=sched.name,
+            lr_scheduler_kwargs=dict(sched.kwargs),
+            warmup_steps=int(sched.warmup_steps) if int(sched.warmup_steps) > 0 else float(sched.warmup_ratio),
+            eval_strategy="steps",
+            eval_steps=int(t.eval_every),
+            logging_steps=int(t.logging_steps),
+            save_strategy="steps" if t.save_every else "no",
+            save_steps=int(t.save_every or 0) or 500,
+            save_total_limit=int(t.keep_checkpoints),
+            save_only_model=False,  # optimizer, scheduler and RNG state too: a resumed run continues exactly
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+            report_to="none",
+            seed=int(t.seed),
+            data_seed=int(t.seed),
+            include_num_input_tokens_seen="non_padding",
+            dataloader_num_workers=int(t.num_workers),
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+        )
+        debug = cfg.get("debug") or {}
+        stop_on_signal = callbacks.StopOnSignal()
+        callbacks_: list[Any] = [logger_cb, stop_on_signal, callbacks.FaultInjection(
+            debug.get("fail_at_step"), debug.get("oom_at_step"), attempt, int(debug.get("oom_attempts", 1)),
+            float(debug.get("sleep_per_step", 0.0)))]
+        if t.early_stopping_patience is not None:
+            callbacks_.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
+        if t.token_budget:
+            callbacks_.append(callbacks.TokenBudget(int(t.token_budget)))
+        loss_watch = callbacks.LossWatch(model, debug.get("nan_at_step"))
+        trainer = Trainer(
+            model=model, args=args, data_collator=data.collator(tokenizer, cfg.data),
+            compute_metrics=None if cfg.task.generates_text else _accuracy,
+            train_dataset=splits["train"], eval_dataset=splits["validation"], processing_class=tokenizer,
+            callbacks=callbacks_, optimizer_cls_and_kwargs=(opt.func, dict(opt.keywords)),
+        )
+        trainer.remove_callback(PrinterCallback)  # our StdoutLogger prints the same logs with split prefixes
+        loss_watch.trainer = trainer
+
+        # 4. Train, with an evaluation before (so every record shows how far the loss fell) and after.
+        out: dict[str, Any] = {}
+        if cfg.eval.eval_before_training:
+            out["initial_eval_loss"] = trainer.evaluate()["eval_loss"]
+        metrics.reset_peak_memory()
+        resume = get_last_checkpoint(args.output_dir) if cfg.resume == "auto" and Path(args.output_dir).is_dir() else None
+        if resume:
+            print(f"tunegrid: resuming from {resume}")
+        stop_on_signal.install()
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+        except BaseException as e:
+            e.step_reached = trainer.state.global_step + 1  # the step in progress, for the record
+            raise
+        finally:
+            stop_on_signal.uninstall()
+            loss_watch.trainer = None  # evaluation and generation below are not training steps
+        if stop_on_signal.signal is not None:
+            close({"status": "interrupted"})
+            stop = callbacks.Interrupted(f"signal {stop_on_signal.signal} at step {trainer.state.global_step}; "
+                                         f"checkpoint saved in {args.output_dir}, re-run the same command to resume")
+            stop.step_reached, stop.signum = trainer.state.global_step, stop_on_signal.signal
+            raise stop
+        out["peak_memory_mb"] = metrics.peak_memory_mb()
+        out["predicted_memory_mb"] = predicted["total_mb"]
+        out["predicted_memory"] = predicted
+        state = trainer.state
+        last_eval = [h for h in state.log_history if "eval_loss" in h]
+        if last_eval and last_eval[-1].get("step") == state.global_step:
+            final = last_eval[-1]  # the Trainer already evaluated at the last step
+        else:
+            final = trainer.evaluate()
+        out["eval_loss"] = final["eval_loss"]
+        if "eval_accuracy" in final:
+            out["eval_accuracy"] = final["eval_accuracy"]
+        if cfg.eval.test_split and len(splits["test"]) > 0:
+            test = trainer.evaluate(splits["test"], metric_key_prefix="test")
+            out["test_loss"] = test["test_loss"]
+            if "test_accuracy" in test:
+                out["test/accuracy"] = test["test_accuracy"]
+
+        # 5. Save what the method trained (the adapter alone for PEFT methods) and measure it.
+        ckpt = run_dir / "checkpoint"
+        trainer.model.save_pretrained(ckpt, safe_serialization=True)
+        train_losses = [h["train/loss"] for h in logger_cb.history if "train/loss" in h]
+        runtime = float(result.metrics["train_runtime"])
+        epochs_done = float(state.epoch or 0.0)
+        out.update(
+            train_loss=train_losses[-1] if train_losses else result.training_loss,
+            perplexity=math.exp(min(out["eval_loss"], 50.0)),
+            test_perplexity=math.exp(min(out["test_loss"], 50.0)) if "test_loss" in out else None,
+            tokens_trained=int(state.num_input_tokens_seen),
+            # this session's tokens over this session's time (a resumed run counts only what it trained)
+            tokens_per_s=(state.num_input_tokens_seen - logger_cb.start_tokens) / runtime if runtime > 0 else 0.0,
+            train_runtime_s=runtime,
+            time_per_epoch_s=runtime / epochs_done if epochs_done > 0 else None,
+            steps=int(state.global_step),
+            epochs=epochs_done,
+            checkpoint_bytes=metrics.weight_bytes(ckpt),
+            **counts,
+            trainable_pct=100.0 * counts["trainable_params"] / max(counts["total_params"], 1),
+            precision=precision,
+            **methods.memory_split(trainer.model, getattr(trainer.optimizer, "optimizer", trainer.optimizer)),
+        )
+
+        # 6. Forgetting, generations on test prompts (samples.jsonl + W&B table), task / reward / judge metrics.
+        extra: dict[str, float] = {}
+        if generic_before is not None:
+            after = evaluation.generic_loss(trainer.model, tokenizer, generic, int(cfg.eval.forgetting_block_size))
+            extra.update({"eval/generic_loss_before": generic_before, "eval/generic_loss_after": after,
+                          "eval/forgetting": evaluation.forgetting(generic_before, after)})
+        if cfg.task.generates_text:
+            extra.update(evaluation.evaluate_generations(trainer.model, tokenizer, cfg, cache, run_dir, backends))
+        logger_cb.emit(extra, int(state.global_step))
+        out.update(extra)
+
+        summary = {k: v for k, v in out.items() if v is not None}
     except BaseException as e:
-        e.step_reached = trainer.state.global_step + 1  # the step in progress, for the record
-        for lg in backends:
-            lg.finish({"status": "failed", "error": records.error_summary(e)})
+        close({"status": "failed", "error": records.error_summary(e)})
         raise
-    finally:
-        stop_on_signal.uninstall()
-        loss_watch.trainer = None  # evaluation and generation below are not training steps
-    if stop_on_signal.signal is not None:
-        for lg in backends:
-            lg.finish({"status": "interrupted"})
-        stop = callbacks.Interrupted(f"signal {stop_on_signal.signal} at step {trainer.state.global_step}; "
-                                     f"checkpoint saved in {args.output_dir}, re-run the same command to resume")
-        stop.step_reached, stop.signum = trainer.state.global_step, stop_on_signal.signal
-        raise stop
-    out["peak_memory_mb"] = metrics.peak_memory_mb()
-    out["predicted_memory_mb"] = predicted["total_mb"]
-    out["predicted_memory"] = predicted
-    state = trainer.state
-    final = trainer.evaluate()
-    out["eval_loss"] = final["eval_loss"]
-    if "eval_accuracy" in final:
-        out["eval_accuracy"] = final["eval_accuracy"]
-    if cfg.eval.test_split and len(splits["test"]) > 0:
-        test = trainer.evaluate(splits["test"], metric_key_prefix="test")
-        out["test_loss"] = test["test_loss"]
-        if "test_accuracy" in test:
-            out["test/accuracy"] = test["test_accuracy"]
-
-    # 5. Save what the method trained (the adapter alone for PEFT methods) and measure it.
-    ckpt = run_dir / "checkpoint"
-    trainer.model.save_pretrained(ckpt, safe_serialization=True)
-    train_losses = [h["train/loss"] for h in logger_cb.history if "train/loss" in h]
-    runtime = float(result.metrics["train_runtime"])
-    epochs_done = float(state.epoch or 0.0)
-    out.update(
-        train_loss=train_losses[-1] if train_losses else result.training_loss,
-        perplexity=math.exp(min(out["eval_loss"], 50.0)),
-        test_perplexity=math.exp(min(out["test_loss"], 50.0)) if "test_loss" in out else None,
-        tokens_trained=int(state.num_input_tokens_seen),
-        # this session's tokens over this session's time (a resumed run counts only what it trained)
-        tokens_per_s=(state.num_input_tokens_seen - logger_cb.start_tokens) / runtime if runtime > 0 else 0.0,
-        train_runtime_s=runtime,
-        time_per_epoch_s=runtime / epochs_done if epochs_done > 0 else None,
-        steps=int(state.global_step),
-        epochs=epochs_done,
-        checkpoint_bytes=metrics.weight_bytes(ckpt),
-        **counts,
-        trainable_pct=100.0 * counts["trainable_params"] / max(counts["total_params"], 1),
-        precision=precision,
-        **methods.memory_split(trainer.model, getattr(trainer.optimizer, "optimizer", trainer.optimizer)),
-    )
-
-    # 6. Forgetting, generations on test prompts (samples.jsonl + W&B table), task / reward / judge metrics.
-    extra: dict[str, float] = {}
-    if generic_before is not None:
-        after = evaluation.generic_loss(trainer.model, tokenizer, generic, int(cfg.eval.forgetting_block_size))
-        extra.update({"eval/generic_loss_before": generic_before, "eval/generic_loss_after": after,
-                      "eval/forgetting": evaluation.forgetting(generic_before, after)})
-    if cfg.task.generates_text:
-        extra.update(evaluation.evaluate_generations(trainer.model, tokenizer, cfg, cache, run_dir, backends))
-    logger_cb.emit(extra, int(state.global_step))
-    out.update(extra)
-
-    summary = {k: v for k, v in out.items() if v is not None}
-    for lg in backends:
-        lg.finish(summary)
+    close(summary)
     return out, records.env_info(device), trainer
 
 

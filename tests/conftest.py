@@ -43,7 +43,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
 
 # Short-training overrides for tests: a few steps of the tiny model, no W&B unless a test asks.
 QUICK = ("trainer.max_steps=12", "trainer.eval_every=6", "trainer.logging_steps=3", "trainer.batch_size=8",
-         "data.splits.validation=32", "data.splits.test=16", "logger=none")
+         "data.splits.validation=32", "data.splits.test=16", "logger=none", "eval.num_samples=0",
+         "eval.forgetting=false")
 
 
 def train_inprocess(run_dir: Path, *overrides: str):
