@@ -64,8 +64,14 @@ class FaultInjection(TrainerCallback):
     GPU, MemoryError on CPU) at the start of step N; `oom_attempts` limits the OOM to the first
     attempts, so the retry path can succeed."""
 
-    def __init__(self, fail_at_step: int | None = None, oom_at_step: int | None = None, attempt: int = 0,
-                 oom_attempts: int = 1, sleep_per_step: float = 0.0):
+    def __init__(
+        self,
+        fail_at_step: int | None = None,
+        oom_at_step: int | None = None,
+        attempt: int = 0,
+        oom_attempts: int = 1,
+        sleep_per_step: float = 0.0,
+    ):
         self.fail_at_step, self.oom_at_step = fail_at_step, oom_at_step
         self.oom_now = attempt < oom_attempts
         self.sleep = sleep_per_step
@@ -76,7 +82,9 @@ class FaultInjection(TrainerCallback):
             raise RuntimeError(f"injected failure at step {step} (debug.fail_at_step)")
         if self.oom_now and self.oom_at_step is not None and step == self.oom_at_step:
             if torch.cuda.is_available():
-                raise torch.cuda.OutOfMemoryError(f"injected CUDA out of memory at step {step} (debug.oom_at_step)")
+                raise torch.cuda.OutOfMemoryError(
+                    f"injected CUDA out of memory at step {step} (debug.oom_at_step)"
+                )
             raise MemoryError(f"injected out of memory at step {step} (debug.oom_at_step)")
         if self.sleep:
             import time

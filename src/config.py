@@ -117,7 +117,9 @@ def _get(cfg: DictConfig, key: str) -> Any:
     try:
         return OmegaConf.select(cfg, key, throw_on_missing=True)
     except Exception as e:  # omegaconf raises several types; all mean the same to the user
-        raise ConfigError(f"{key}: cannot be resolved ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{key}: cannot be resolved ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
 
 
 def rules_for(cfg: DictConfig) -> list[Rule]:
@@ -129,7 +131,13 @@ def rules_for(cfg: DictConfig) -> list[Rule]:
         Rule("alpha", float, lo=0, lo_open=True),
         Rule("lora_dropout", float, lo=0, hi=1, hi_open=True),
         Rule("lora_targets", str, choices=targets),
-        Rule("frozen_blocks", int, lo=0, hi=model.num_layers, note=f"model={model.name} has {model.num_layers} blocks"),
+        Rule(
+            "frozen_blocks",
+            int,
+            lo=0,
+            hi=model.num_layers,
+            note=f"model={model.name} has {model.num_layers} blocks",
+        ),
         Rule("seed", int, lo=0),
         Rule("lr", float, lo=0, lo_open=True),
         Rule("weight_decay", float, lo=0),
@@ -149,8 +157,13 @@ def rules_for(cfg: DictConfig) -> list[Rule]:
         Rule("resume", str, choices=("auto", "never")),
         Rule("lr_schedule.warmup_ratio", float, lo=0, hi=1, hi_open=True),
         Rule("lr_schedule.warmup_steps", int, lo=0),
-        Rule("data.max_seq_len", int, lo=8, hi=model.context_length,
-             note=f"model={model.name} has a context of {model.context_length} tokens"),
+        Rule(
+            "data.max_seq_len",
+            int,
+            lo=8,
+            hi=model.context_length,
+            note=f"model={model.name} has a context of {model.context_length} tokens",
+        ),
         Rule("data.max_train_samples", int, lo=1, optional=True),
         Rule("data.splits.train", int, lo=0, optional=True),
         Rule("data.splits.validation", int, lo=0, optional=True),
@@ -184,15 +197,23 @@ def validate(cfg: DictConfig) -> DictConfig:
             )
     if "target_modules" in peft_cfg and int(cfg.frozen_blocks) >= int(cfg.model.num_layers):
         # PEFT reads an empty layers_to_transform as "all layers"
-        raise ConfigError(f"frozen_blocks={cfg.frozen_blocks}: with method={method.name} at least one of the "
-                              f"{cfg.model.num_layers} blocks must stay unfrozen to carry adapters")
+        raise ConfigError(
+            f"frozen_blocks={cfg.frozen_blocks}: with method={method.name} at least one of the "
+            f"{cfg.model.num_layers} blocks must stay unfrozen to carry adapters"
+        )
     opt = cfg.optim.optimizer
     if opt.get("nesterov") and not float(opt.get("momentum") or 0) > 0:
         raise ConfigError(f"optim.optimizer.momentum={opt.get('momentum')}: Nesterov SGD needs momentum > 0")
-    needs_bnb = method.get("quantization") is not None or str(opt.get("_target_", "")).startswith("bitsandbytes")
+    needs_bnb = method.get("quantization") is not None or str(opt.get("_target_", "")).startswith(
+        "bitsandbytes"
+    )
     if needs_bnb and not _importable("bitsandbytes"):
-        what = f"method={method.name}" if method.get("quantization") is not None else f"optim={cfg.optim.name}"
-        raise ConfigError(f"{what}: needs bitsandbytes, which is not installed (pip install 'bitsandbytes>=0.45')")
+        what = (
+            f"method={method.name}" if method.get("quantization") is not None else f"optim={cfg.optim.name}"
+        )
+        raise ConfigError(
+            f"{what}: needs bitsandbytes, which is not installed (pip install 'bitsandbytes>=0.45')"
+        )
 
     from src.evaluation import validate_eval  # here: src.evaluation imports this module
 

@@ -42,9 +42,29 @@ _PUNCT = re.compile(r"[^\w\s]")
 _SPACES = re.compile(r"[ \t]{2,}")
 _LINE_END_SPACES = re.compile(r"[ \t]+$", re.MULTILINE)
 _WORDS = [
-    "apple", "river", "stone", "cloud", "tiger", "piano", "garden", "silver", "window", "rocket",
-    "forest", "candle", "ocean", "pepper", "marble", "violet", "castle", "dragon", "summer",
-    "winter", "basket", "orange", "planet",
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "tiger",
+    "piano",
+    "garden",
+    "silver",
+    "window",
+    "rocket",
+    "forest",
+    "candle",
+    "ocean",
+    "pepper",
+    "marble",
+    "violet",
+    "castle",
+    "dragon",
+    "summer",
+    "winter",
+    "basket",
+    "orange",
+    "planet",
 ]
 
 
@@ -60,11 +80,16 @@ def synthetic_records(n: int, seed: int) -> list[dict[str, str]]:
         if kind < 2:
             xs = [str(rng.randrange(10)) for _ in range(rng.randint(3, 7))]
             if kind == 0:
-                out.append({"instruction": "Reverse the list.", "input": " ".join(xs), "output": " ".join(xs[::-1])})
+                out.append(
+                    {"instruction": "Reverse the list.", "input": " ".join(xs), "output": " ".join(xs[::-1])}
+                )
             else:
                 out.append(
-                    {"instruction": "Sort the numbers in ascending order.", "input": " ".join(xs),
-                     "output": " ".join(sorted(xs))}
+                    {
+                        "instruction": "Sort the numbers in ascending order.",
+                        "input": " ".join(xs),
+                        "output": " ".join(sorted(xs)),
+                    }
                 )
         elif kind == 2:
             a, b = rng.randrange(50), rng.randrange(50)
@@ -74,8 +99,11 @@ def synthetic_records(n: int, seed: int) -> list[dict[str, str]]:
             upper = kind == 3
             text = " ".join(w.lower() if upper else w.upper() for w in words)
             out.append(
-                {"instruction": f"Convert the text to {'upper' if upper else 'lower'} case.", "input": text,
-                 "output": text.upper() if upper else text.lower()}
+                {
+                    "instruction": f"Convert the text to {'upper' if upper else 'lower'} case.",
+                    "input": text,
+                    "output": text.upper() if upper else text.lower(),
+                }
             )
     return out
 
@@ -192,7 +220,9 @@ def _check_json(path: Path, what: str) -> None:
             try:
                 recs = json.load(f)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"{what}={str(path)!r}: not valid JSON at line {e.lineno}: {e.msg}") from None
+                raise ConfigError(
+                    f"{what}={str(path)!r}: not valid JSON at line {e.lineno}: {e.msg}"
+                ) from None
             bad = next((i for i, r in enumerate(recs) if not isinstance(r, dict)), None)
             if bad is not None:
                 raise ConfigError(f"{what}={str(path)!r}: item {bad} of the JSON list is not an object")
@@ -217,20 +247,28 @@ def _read_file(file: str, what: str, cache: Path):
     ext = path.suffix.lower().lstrip(".")
     builder = FORMATS.get(ext)
     if builder is None:
-        raise ConfigError(f"{what}={file!r}: unknown format .{ext}; use .json (a list), .jsonl, .csv or .parquet")
+        raise ConfigError(
+            f"{what}={file!r}: unknown format .{ext}; use .json (a list), .jsonl, .csv or .parquet"
+        )
     kwargs = {"na_filter": False} if builder == "csv" else {}  # keep "" and "NA" as text
     quiet = datasets.logging.get_logger("datasets.packaged_modules.json.json")  # logs its own parse error
     level = quiet.level
     quiet.setLevel(50)
     try:
-        ds = datasets.load_dataset(builder, data_files=str(path.resolve()), split="train",
-                                   cache_dir=str(cache / "datasets"), **kwargs)
+        ds = datasets.load_dataset(
+            builder,
+            data_files=str(path.resolve()),
+            split="train",
+            cache_dir=str(cache / "datasets"),
+            **kwargs,
+        )
     except Exception as e:
         if builder == "json":
             _check_json(path, what)
         cause = e.__cause__ or e
-        raise ConfigError(f"{what}={file!r}: cannot be read as .{ext} ({type(cause).__name__}: "
-                          f"{_first_line(cause)})") from None
+        raise ConfigError(
+            f"{what}={file!r}: cannot be read as .{ext} ({type(cause).__name__}: {_first_line(cause)})"
+        ) from None
     finally:
         quiet.setLevel(level)
     if len(ds) == 0:
@@ -277,17 +315,23 @@ def _hub_error(data_cfg: DictConfig, split: str, e: BaseException) -> ConfigErro
             save = f"save each split with datasets.load_dataset({hub!r}{conf}, split=...).to_json(...)"
         else:
             where = f"data.path=/path/to/{name}.jsonl"
-            save = f"save it with datasets.load_dataset({hub!r}{conf}, split={split!r}).to_json('{name}.jsonl')"
+            save = (
+                f"save it with datasets.load_dataset({hub!r}{conf}, split={split!r}).to_json('{name}.jsonl')"
+            )
         return ConfigError(
             f"data={name}: could not reach the hub for data.hub={hub!r} (this machine is offline or the hub is "
             f"unreachable, and the data set is not in the local cache); on a machine with network {save} and "
             f"pass {where} (.json, .jsonl, .csv and .parquet are read)"
         )
     if "DatasetNotFoundError" in kinds:
-        return ConfigError(f"data={name}: data.hub={hub!r} was not found on the hub (a typo, or a gated/private "
-                           f"data set?); or pass a local copy with data.path=/path/to/file")
-    return ConfigError(f"data={name}: could not load split {split!r} of data.hub={hub!r}{conf} "
-                       f"({type(e).__name__}: {_first_line(e)})")
+        return ConfigError(
+            f"data={name}: data.hub={hub!r} was not found on the hub (a typo, or a gated/private "
+            f"data set?); or pass a local copy with data.path=/path/to/file"
+        )
+    return ConfigError(
+        f"data={name}: could not load split {split!r} of data.hub={hub!r}{conf} "
+        f"({type(e).__name__}: {_first_line(e)})"
+    )
 
 
 def _from_hub(data_cfg: DictConfig, split: str):
@@ -330,11 +374,15 @@ def load_sources(data_cfg: DictConfig, cache: Path) -> tuple[dict[str, Any], dic
     if isinstance(path, DictConfig | dict):  # {hub split: local file}
         unused = sorted(set(path) - set(plan.values()))
         if unused:
-            raise ConfigError(f"data.path.{unused[0]}: no split is taken from hub split {unused[0]!r} "
-                              f"(splits come from {sorted(set(plan.values()))}; see data.hub_splits)")
+            raise ConfigError(
+                f"data.path.{unused[0]}: no split is taken from hub split {unused[0]!r} "
+                f"(splits come from {sorted(set(plan.values()))}; see data.hub_splits)"
+            )
         for src in dict.fromkeys(plan.values()):
             if not path.get(src):
-                raise ConfigError(f"data.path: no file for hub split {src!r}; add data.path.{src}=/path/to/file")
+                raise ConfigError(
+                    f"data.path: no file for hub split {src!r}; add data.path.{src}=/path/to/file"
+                )
             sources[src] = _read_file(str(path[src]), f"data.path.{src}", cache)
             names[src] = f"data.path.{src}={str(path[src])!r}"
     elif path:
@@ -348,29 +396,41 @@ def load_sources(data_cfg: DictConfig, cache: Path) -> tuple[dict[str, Any], dic
             sources[src] = _from_hub(data_cfg, src)
             names[src] = f"hub split {data_cfg.hub}[{src}]"
     else:
-        raise ConfigError(f"data={data_cfg.name}: no source; set data.path=/path/to/file or data.hub=<hub id>")
+        raise ConfigError(
+            f"data={data_cfg.name}: no source; set data.path=/path/to/file or data.hub=<hub id>"
+        )
 
     derived = {data_cfg.derive.head, data_cfg.derive.tail} if data_cfg.get("derive") else set()
     for src, ds in sources.items():
         cols = ds.column_names
         missing = [f for f in data_cfg.fields if f not in cols]
-        if data_cfg.get("derive") and data_cfg.derive.field not in cols and data_cfg.derive.field not in missing:
+        if (
+            data_cfg.get("derive")
+            and data_cfg.derive.field not in cols
+            and data_cfg.derive.field not in missing
+        ):
             missing.append(data_cfg.derive.field)
         if missing:
-            raise ConfigError(f"data={data_cfg.name}: {names[src]} lacks field(s) {', '.join(missing)} "
-                              f"(found: {', '.join(cols)})")
+            raise ConfigError(
+                f"data={data_cfg.name}: {names[src]} lacks field(s) {', '.join(missing)} "
+                f"(found: {', '.join(cols)})"
+            )
         templates = {"data.prompt": data_cfg.prompt, "data.response": data_cfg.response}
         if data_cfg.get("prompt_if_empty") is not None:
             templates["data.prompt_if_empty.template"] = data_cfg.prompt_if_empty.template
         for key, template in templates.items():
             unknown = sorted(template_fields(template) - set(cols) - derived)
             if unknown:
-                raise ConfigError(f"{key}: uses {{{unknown[0]}}}, which {names[src]} lacks "
-                                  f"(found: {', '.join(sorted(set(cols) | derived))})")
+                raise ConfigError(
+                    f"{key}: uses {{{unknown[0]}}}, which {names[src]} lacks "
+                    f"(found: {', '.join(sorted(set(cols) | derived))})"
+                )
         trunc = data_cfg.get("truncate")
         if trunc and trunc.get("field") not in set(cols) | derived:
-            raise ConfigError(f"data.truncate.field={trunc.get('field')!r}: not a field of {names[src]} "
-                              f"(found: {', '.join(sorted(set(cols) | derived))})")
+            raise ConfigError(
+                f"data.truncate.field={trunc.get('field')!r}: not a field of {names[src]} "
+                f"(found: {', '.join(sorted(set(cols) | derived))})"
+            )
     for src in sources:
         sources[src].tg_name = names[src]
     return sources, plan
@@ -407,8 +467,10 @@ def _filter_reason(data_cfg: DictConfig) -> str:
     if data_cfg.get("derive"):
         parts.append(f"contain {data_cfg.derive.at_last!r} in {data_cfg.derive.field} (data.derive)")
     if data_cfg.get("max_response_chars"):
-        parts.append(f"have a response of at most {data_cfg.max_response_chars} characters "
-                     f"(data.max_response_chars={data_cfg.max_response_chars})")
+        parts.append(
+            f"have a response of at most {data_cfg.max_response_chars} characters "
+            f"(data.max_response_chars={data_cfg.max_response_chars})"
+        )
     return " and ".join(parts)
 
 
@@ -459,12 +521,14 @@ def load_splits(data_cfg: DictConfig, cache: Path) -> dict[str, Any]:
         total = len(ds)
         if keep is not None:
             if not keep:
-                raise ConfigError(f"data={data_cfg.name}: no records left after filtering: none of the {total} "
-                                  f"records in {ds.tg_name} {_filter_reason(data_cfg)}")
+                raise ConfigError(
+                    f"data={data_cfg.name}: no records left after filtering: none of the {total} "
+                    f"records in {ds.tg_name} {_filter_reason(data_cfg)}"
+                )
             ds = ds.select(keep, keep_in_memory=True)
         perm = np.random.default_rng(int(data_cfg.split_seed)).permutation(len(ds))
         for s, (start, count) in carve(len(ds), wants).items():
-            idx = perm[start:start + count]
+            idx = perm[start : start + count]
             cap = data_cfg.get("max_train_samples" if s == "train" else "max_eval_samples")
             if cap is not None:
                 idx = idx[: int(cap)]
@@ -511,8 +575,13 @@ def _code_fingerprint() -> str:
 
 def split_fingerprint(ds, split: str, spec: dict[str, Any], tok_fp: str) -> str:
     """The `datasets` fingerprint of one tokenised split (hex, 32 characters)."""
-    ident = {"spec": spec, "tokenizer": tok_fp, "code": _code_fingerprint(), "split": split,
-             "data": getattr(ds, "tg_identity", None) or ds._fingerprint}  # built elsewhere: its own fingerprint
+    ident = {
+        "spec": spec,
+        "tokenizer": tok_fp,
+        "code": _code_fingerprint(),
+        "split": split,
+        "data": getattr(ds, "tg_identity", None) or ds._fingerprint,
+    }  # built elsewhere: its own fingerprint
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -536,7 +605,7 @@ def _encoder(spec: dict[str, Any], tokenizer):
         keep = max(max_len - overhead - len(r), (max_len - overhead) // 2, 0)
         if keep >= len(f_ids):
             return p
-        kept = f_ids[:keep] if trunc.get("side", "right") == "right" else f_ids[len(f_ids) - keep:]
+        kept = f_ids[:keep] if trunc.get("side", "right") == "right" else f_ids[len(f_ids) - keep :]
         short = {**rec, field: tokenizer.decode(kept, clean_up_tokenization_spaces=False) if kept else ""}
         return ids([_prompt_template(cfg, short).format(**short)])[0]
 
@@ -570,17 +639,26 @@ def _label_encoder(spec: dict[str, Any], tokenizer):
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         keys = list(batch)
-        recs = [prepare(spec, {k: batch[k][i] for k in keys}) for i in range(len(batch[keys[0]]) if keys else 0)]
+        recs = [
+            prepare(spec, {k: batch[k][i] for k in keys}) for i in range(len(batch[keys[0]]) if keys else 0)
+        ]
         recs = [r for r in recs if r is not None]
-        ids = tokenizer([_prompt_template(spec, r).format(**r) for r in recs], add_special_tokens=False)["input_ids"]
+        ids = tokenizer([_prompt_template(spec, r).format(**r) for r in recs], add_special_tokens=False)[
+            "input_ids"
+        ]
         seqs = [x[:max_len] for x in ids]
-        return {"input_ids": seqs, "attention_mask": [[1] * len(x) for x in seqs],
-                "labels": [int(r[field]) for r in recs]}
+        return {
+            "input_ids": seqs,
+            "attention_mask": [[1] * len(x) for x in seqs],
+            "labels": [int(r[field]) for r in recs],
+        }
 
     return encode
 
 
-def tokenize_splits(splits: dict[str, Any], data_cfg: DictConfig, tokenizer, cache: Path | None = None) -> dict[str, Any]:
+def tokenize_splits(
+    splits: dict[str, Any], data_cfg: DictConfig, tokenizer, cache: Path | None = None
+) -> dict[str, Any]:
     """prompt + response + EOS -> input_ids/labels; prompt tokens get IGNORE_INDEX unless train_on_prompt.
 
     Examples whose prompt alone fills max_seq_len carry no label and are dropped. With `cache`, each
@@ -597,15 +675,28 @@ def tokenize_splits(splits: dict[str, Any], data_cfg: DictConfig, tokenizer, cac
             folder = cache / "tokenised"
             folder.mkdir(parents=True, exist_ok=True)
             kwargs["cache_file_name"] = str(folder / f"{spec['name']}-{name}-{fp}.arrow")
-        out[name] = ds.map(encode, batched=True, batch_size=500, remove_columns=ds.column_names,
-                           desc=f"tokenise {name}", **kwargs)
+        out[name] = ds.map(
+            encode,
+            batched=True,
+            batch_size=500,
+            remove_columns=ds.column_names,
+            desc=f"tokenise {name}",
+            **kwargs,
+        )
         if len(out[name]) < len(ds):
             logging.getLogger(__name__).warning(
                 "data=%s: %d of %d %s examples dropped: their prompt alone fills data.max_seq_len=%s",
-                spec["name"], len(ds) - len(out[name]), len(ds), name, spec["max_seq_len"])
+                spec["name"],
+                len(ds) - len(out[name]),
+                len(ds),
+                name,
+                spec["max_seq_len"],
+            )
     if len(out.get("train", [None])) == 0:
-        raise ConfigError(f"data={spec['name']}: no train example fits data.max_seq_len={spec['max_seq_len']} "
-                          f"(every prompt fills it); raise data.max_seq_len or set data.truncate")
+        raise ConfigError(
+            f"data={spec['name']}: no train example fits data.max_seq_len={spec['max_seq_len']} "
+            f"(every prompt fills it); raise data.max_seq_len or set data.truncate"
+        )
     return out
 
 
@@ -615,7 +706,9 @@ def collator(tokenizer, data_cfg: DictConfig | None = None):
 
     if data_cfg is not None and data_cfg.get("label_field"):
         return DataCollatorWithPadding(tokenizer, return_tensors="pt")  # one class id per example
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    return DataCollatorForSeq2Seq(
+        tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"
+    )
 
 
 def build(data_cfg: DictConfig, tokenizer, cache: Path) -> dict[str, Any]:

@@ -63,16 +63,29 @@ class WandbLogger:
     """
 
     def __init__(
-        self, project: str, run_dir: Path, name: str, group: str, config: dict[str, Any],
-        entity: str | None = None, mode: str = "auto", tags: list[str] | None = None,
+        self,
+        project: str,
+        run_dir: Path,
+        name: str,
+        group: str,
+        config: dict[str, Any],
+        entity: str | None = None,
+        mode: str = "auto",
+        tags: list[str] | None = None,
     ):
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
         self._wandb = wandb
         kwargs = dict(
-            project=project, entity=entity, name=name, group=group, config=config, tags=list(tags or []),
-            dir=str(run_dir), reinit="finish_previous",
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            config=config,
+            tags=list(tags or []),
+            dir=str(run_dir),
+            reinit="finish_previous",
         )
         self.mode = wandb_mode(mode)
         try:
@@ -80,7 +93,10 @@ class WandbLogger:
         except Exception as e:
             if self.mode != "online":
                 raise
-            print(f"tunegrid: W&B online init failed ({type(e).__name__}); logging offline instead", file=sys.stderr)
+            print(
+                f"tunegrid: W&B online init failed ({type(e).__name__}); logging offline instead",
+                file=sys.stderr,
+            )
             self.mode = "offline"
             self.run = wandb.init(mode="offline", **kwargs)
 
@@ -99,16 +115,26 @@ class WandbLogger:
 
 # Trainer log keys -> split-prefixed names. Keys not listed keep their Trainer prefix convention:
 # `eval_x` -> `eval/x`, `test_x` -> `test/x`, anything else -> `train/x`.
-_RENAME = {"loss": "train/loss", "learning_rate": "train/lr", "grad_norm": "train/grad_norm", "epoch": "train/epoch",
-           "num_input_tokens_seen": "train/tokens_seen", "train_loss": "train/mean_loss",
-           "train_runtime": "train/runtime_s", "train_samples_per_second": "train/samples_per_s",
-           "train_steps_per_second": "train/steps_per_s", "total_flos": "train/total_flos"}
+_RENAME = {
+    "loss": "train/loss",
+    "learning_rate": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "epoch": "train/epoch",
+    "num_input_tokens_seen": "train/tokens_seen",
+    "train_loss": "train/mean_loss",
+    "train_runtime": "train/runtime_s",
+    "train_samples_per_second": "train/samples_per_s",
+    "train_steps_per_second": "train/steps_per_s",
+    "total_flos": "train/total_flos",
+}
 
 
 def rename(logs: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in logs.items():
-        if not isinstance(v, int | float) or k.endswith(("model_preparation_time", "train_tokens_per_second")):
+        if not isinstance(v, int | float) or k.endswith(
+            ("model_preparation_time", "train_tokens_per_second")
+        ):
             continue
         if k in _RENAME:
             name = _RENAME[k]

@@ -44,7 +44,9 @@ def check_lora_targets(model, peft_cfg: DictConfig, rank: int) -> None:
         )
     smallest = min(min(d) for d in hit.values())
     if rank > smallest:
-        raise ConfigError(f"rank={rank}: must be ≤ {smallest}, the smallest dimension of the targeted matrices")
+        raise ConfigError(
+            f"rank={rank}: must be ≤ {smallest}, the smallest dimension of the targeted matrices"
+        )
 
 
 def untie_head(model, model_cfg: DictConfig) -> None:

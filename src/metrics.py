@@ -115,6 +115,8 @@ def check_fits(predicted: dict[str, float], sweep) -> None:
     if predicted["total_mb"] > capacity:
         from src.callbacks import SkippedOOM
 
-        skip = SkippedOOM(f"predicted peak {predicted['total_mb']:.0f} MiB > device memory {capacity:.0f} MiB")
+        skip = SkippedOOM(
+            f"predicted peak {predicted['total_mb']:.0f} MiB > device memory {capacity:.0f} MiB"
+        )
         skip.predicted = predicted
         raise skip

@@ -63,7 +63,9 @@ def _train_tokenizer(vocab_size: int):
         show_progress=False,
     )
     tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=EOS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=EOS
+    )
 
 
 def materialise_tiny(model_cfg: DictConfig, data_cfg: DictConfig, cache: Path) -> Path:
@@ -105,10 +107,14 @@ def materialise_gguf(gguf: DictConfig, cache: Path) -> Path:
 
     spec = importlib.util.find_spec(gguf.package)
     if spec is None or spec.origin is None:
-        raise ConfigError(f"model: needs the package {gguf.package!r}, which is not installed: {gguf.install}")
+        raise ConfigError(
+            f"model: needs the package {gguf.package!r}, which is not installed: {gguf.install}"
+        )
     source = Path(spec.origin).parent / gguf.file
     if not source.is_file():
-        raise ConfigError(f"model: {gguf.package} is installed but lacks {gguf.file}; reinstall: {gguf.install}")
+        raise ConfigError(
+            f"model: {gguf.package} is installed but lacks {gguf.file}; reinstall: {gguf.install}"
+        )
     folder = cache / f"gguf-{Path(gguf.file).stem}-{source.stat().st_size}"
     if (folder / "config.json").exists():
         return folder
@@ -178,7 +184,9 @@ def load_model(path: str, cfg: DictConfig, dtype: torch.dtype):
         kwargs["num_labels"] = int(cfg.data.num_labels)
     quant = cfg.method.get("quantization")
     if quant is not None:
-        compute = dtype if quant.get("bnb_4bit_compute_dtype") in (None, "auto") else quant.bnb_4bit_compute_dtype
+        compute = (
+            dtype if quant.get("bnb_4bit_compute_dtype") in (None, "auto") else quant.bnb_4bit_compute_dtype
+        )
         kwargs["quantization_config"] = instantiate(quant, _convert_="all", bnb_4bit_compute_dtype=compute)
         kwargs["dtype"] = dtype
     else:
@@ -187,7 +195,9 @@ def load_model(path: str, cfg: DictConfig, dtype: torch.dtype):
         model = auto.from_pretrained(path, **kwargs)
     except OSError as e:
         raise _hub_error(path, e) from None
-    if getattr(model.config, "pad_token_id", None) is None:  # GPT-2: the classifier finds the last token by it
+    if (
+        getattr(model.config, "pad_token_id", None) is None
+    ):  # GPT-2: the classifier finds the last token by it
         model.config.pad_token_id = model.config.eos_token_id
     for module in model.modules():
         # bitsandbytes 0.50 repacks 4-bit weights into an inference-only CPU layout the first time a

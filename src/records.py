@@ -76,8 +76,13 @@ def versions() -> dict[str, str | None]:
 
 
 def env_info(device: str | None = None) -> dict[str, Any]:
-    return {**git_info(), "versions": versions(), "device": device, "python": platform.python_version(),
-            "host": platform.node()}
+    return {
+        **git_info(),
+        "versions": versions(),
+        "device": device,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
 
 
 def config_hash(cfg: Any) -> str:
@@ -125,11 +130,15 @@ def find_done(root: Path, record: dict[str, Any], sweep: Any) -> dict[str, Any] 
             continue
         where = Path(rec["_path"]).parent
         if rec.get("code_key") == record["code_key"]:
-            print(f"tunegrid: skipped, already succeeded with this config: {where} (sweep.force=true re-runs)")
+            print(
+                f"tunegrid: skipped, already succeeded with this config: {where} (sweep.force=true re-runs)"
+            )
             return rec
         if not sweep.rerun_stale:
-            print(f"tunegrid: skipped, stale: {where} ran this config with other code ({rec.get('code_key')}); "
-                  f"sweep.rerun_stale=true re-runs it")
+            print(
+                f"tunegrid: skipped, stale: {where} ran this config with other code ({rec.get('code_key')}); "
+                f"sweep.rerun_stale=true re-runs it"
+            )
             return rec
     return None
 
@@ -139,12 +148,19 @@ def error_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
-def write_failure(run_dir: Path, record: dict[str, Any], exc: BaseException, status: str = "failed") -> dict[str, Any]:
+def write_failure(
+    run_dir: Path, record: dict[str, Any], exc: BaseException, status: str = "failed"
+) -> dict[str, Any]:
     """Record a failed run: one-line error in the record, the full traceback in a file beside it."""
     tb = run_dir / "traceback.txt"
     tb.write_text("".join(traceback.format_exception(exc)))
-    record.update(status=status, error=error_summary(exc) if status != "invalid" else str(exc), ended_at=now(),
-                  traceback_file=tb.name, step=getattr(exc, "step_reached", None))
+    record.update(
+        status=status,
+        error=error_summary(exc) if status != "invalid" else str(exc),
+        ended_at=now(),
+        traceback_file=tb.name,
+        step=getattr(exc, "step_reached", None),
+    )
     write_json_atomic(run_dir / RECORD, record)
     return record
 
@@ -166,8 +182,10 @@ def summary_line(rec: dict[str, Any]) -> str:
     m = rec.get("metrics") or {}
     keys = ",".join(rec.get("overrides") or []) or "defaults"
     if rec.get("status") == "success":
-        return (f"  {rec['status']:<8} {keys:<40} eval_loss={m.get('eval_loss', float('nan')):.4f} "
-                f"trainable={m.get('trainable_params')} tokens/s={m.get('tokens_per_s', 0):.0f}")
+        return (
+            f"  {rec['status']:<8} {keys:<40} eval_loss={m.get('eval_loss', float('nan')):.4f} "
+            f"trainable={m.get('trainable_params')} tokens/s={m.get('tokens_per_s', 0):.0f}"
+        )
     return f"  {rec.get('status', '?'):<8} {keys:<40} {rec.get('error', '')}"
 
 
@@ -186,8 +204,10 @@ class GridSummary(Callback):
             write_report(sweep_dir)
             print(f"tunegrid: report: {sweep_dir / 'report.md'} (results.csv and plots beside it)")
         except Exception as e:
-            print(f"tunegrid: report not written ({error_summary(e)}); try: python -m src.report {sweep_dir}",
-                  file=sys.stderr)
+            print(
+                f"tunegrid: report not written ({error_summary(e)}); try: python -m src.report {sweep_dir}",
+                file=sys.stderr,
+            )
         bad = [r for r in records if r.get("status") != "success"]
         if bad:
             print(f"tunegrid: {len(bad)} run(s) did not succeed", file=sys.stderr)

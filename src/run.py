@@ -29,15 +29,26 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
     record: dict[str, Any] = {
-        "schema_version": records.SCHEMA_VERSION, "status": "running", "error": None,
-        "overrides": overrides, "run_dir": str(run_dir), "started_at": records.now(),
+        "schema_version": records.SCHEMA_VERSION,
+        "status": "running",
+        "error": None,
+        "overrides": overrides,
+        "run_dir": str(run_dir),
+        "started_at": records.now(),
     }
     try:
         cfg = validate(cfg)
         record.update(
-            method=cfg.method.name, method_settings=OmegaConf.to_container(cfg.method), frozen_blocks=cfg.frozen_blocks,
-            optimizer=cfg.optim.name, lr_schedule=cfg.lr_schedule.name, lr=cfg.lr, seed=cfg.seed,
-            config=OmegaConf.to_container(cfg), config_hash=records.config_hash(cfg), code_key=records.code_key(),
+            method=cfg.method.name,
+            method_settings=OmegaConf.to_container(cfg.method),
+            frozen_blocks=cfg.frozen_blocks,
+            optimizer=cfg.optim.name,
+            lr_schedule=cfg.lr_schedule.name,
+            lr=cfg.lr,
+            seed=cfg.seed,
+            config=OmegaConf.to_container(cfg),
+            config_hash=records.config_hash(cfg),
+            code_key=records.code_key(),
         )
         # Resume a grid: a run that already succeeded with this config (and this code) is not trained again.
         earlier = records.find_done(Path(hc.sweep.dir) if multirun else run_dir, record, cfg.sweep)
@@ -62,10 +73,15 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         status = {Diverged: "diverged", Interrupted: "interrupted", SkippedOOM: "skipped_oom"}.get(type(e))
         status = status or ("oom" if is_oom(e) else "failed")
         if status == "skipped_oom":
-            record["metrics"] = {"predicted_memory_mb": e.predicted["total_mb"], "predicted_memory": e.predicted}
+            record["metrics"] = {
+                "predicted_memory_mb": e.predicted["total_mb"],
+                "predicted_memory": e.predicted,
+            }
         records.write_failure(run_dir, record, e, status=status)
-        print(f"tunegrid: run {status}: {records.error_summary(e)} (record: {run_dir / records.RECORD})",
-              file=sys.stderr)
+        print(
+            f"tunegrid: run {status}: {records.error_summary(e)} (record: {run_dir / records.RECORD})",
+            file=sys.stderr,
+        )
         if status == "interrupted":
             sys.exit(128 + getattr(e, "signum", 2))  # stop the whole grid too: the user asked to stop
         if not multirun and status != "skipped_oom":
@@ -87,8 +103,10 @@ def train_with_retries(cfg: DictConfig, run_dir: Path, name: str, group: str, re
     if retry:
         half = max(1, int(cfg.trainer.batch_size) // 2)
         accum = int(cfg.trainer.grad_accum) * int(cfg.trainer.batch_size) // half
-        plans += [{"batch_size": half, "grad_accum": accum},
-                  {"batch_size": half, "grad_accum": accum, "gradient_checkpointing": True}]
+        plans += [
+            {"batch_size": half, "grad_accum": accum},
+            {"batch_size": half, "grad_accum": accum, "gradient_checkpointing": True},
+        ]
     for attempt, plan in enumerate(plans):
         run_cfg = cfg.copy()
         for k, v in plan.items():
@@ -98,12 +116,16 @@ def train_with_retries(cfg: DictConfig, run_dir: Path, name: str, group: str, re
         except Exception as e:
             if attempt + 1 == len(plans) or not is_oom(e):
                 raise
-            print(f"tunegrid: out of memory ({records.error_summary(e)}); retrying with {plans[attempt + 1]}",
-                  file=sys.stderr)
+            print(
+                f"tunegrid: out of memory ({records.error_summary(e)}); retrying with {plans[attempt + 1]}",
+                file=sys.stderr,
+            )
             _free_memory()
             continue
         record["oom_retries"] = attempt
-        record["trainer_used"] = {k: run_cfg.trainer[k] for k in ("batch_size", "grad_accum", "gradient_checkpointing")}
+        record["trainer_used"] = {
+            k: run_cfg.trainer[k] for k in ("batch_size", "grad_accum", "gradient_checkpointing")
+        }
         return result
     raise AssertionError("unreachable")
 
@@ -124,7 +146,9 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
     import warnings
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's concern
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning
+    )  # library deprecation notes, not the user's concern
     import torch
     import transformers
     from hydra.utils import instantiate
@@ -149,11 +173,15 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
     splits = data.build(cfg.data, tokenizer, cache)
     model = models.load_model(path, cfg, models.DTYPES[precision])
     generic_before = None
-    if cfg.eval.forgetting and cfg.task.generates_text:  # the base model's loss on generic text, the same for every method
+    if (
+        cfg.eval.forgetting and cfg.task.generates_text
+    ):  # the base model's loss on generic text, the same for every method
         if torch.cuda.is_available() and cfg.method.get("quantization") is None:
             model.to("cuda")
         generic = evaluation.generic_text(cfg.eval.forgetting_text)
-        generic_before = evaluation.generic_loss(model, tokenizer, generic, int(cfg.eval.forgetting_block_size))
+        generic_before = evaluation.generic_loss(
+            model, tokenizer, generic, int(cfg.eval.forgetting_block_size)
+        )
     model = methods.apply(model, cfg, bool(t.gradient_checkpointing), path)
     counts = methods.count_params(model)
     predicted = metrics.predict_memory_mb(model, cfg, precision)
@@ -162,10 +190,23 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
     # 2. Loggers: disk and stdout always, W&B unless logger=none.
     backends: list[Any] = [JsonlLogger(run_dir / "metrics.jsonl"), StdoutLogger()]
     if cfg.logger.get("wandb") is not None:
-        tags = [cfg.method.name, *([f"study:{cfg.study}"] if cfg.get("study") else []), *cfg.logger.wandb.tags]
-        make_wandb = instantiate(cfg.logger.wandb, _partial_=True)  # `config` clashes with instantiate's own arg
-        backends.append(make_wandb(run_dir=run_dir, name=name, group=group, tags=tags,
-                                   config={**flatten(cfg), "overrides": name, **counts}))
+        tags = [
+            cfg.method.name,
+            *([f"study:{cfg.study}"] if cfg.get("study") else []),
+            *cfg.logger.wandb.tags,
+        ]
+        make_wandb = instantiate(
+            cfg.logger.wandb, _partial_=True
+        )  # `config` clashes with instantiate's own arg
+        backends.append(
+            make_wandb(
+                run_dir=run_dir,
+                name=name,
+                group=group,
+                tags=tags,
+                config={**flatten(cfg), "overrides": name, **counts},
+            )
+        )
     logger_cb = MetricsCallback(backends)
 
     closed: list[bool] = []
@@ -179,7 +220,9 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
 
     try:
         # 3. The Trainer, configured from the YAML (optimizer class and kwargs from optim.optimizer).
-        opt = instantiate(cfg.optim.optimizer, _convert_="all")  # functools.partial(OptimizerClass, lr=..., ...)
+        opt = instantiate(
+            cfg.optim.optimizer, _convert_="all"
+        )  # functools.partial(OptimizerClass, lr=..., ...)
         sched = cfg.lr_schedule
         args = TrainingArguments(
             output_dir=str(run_dir / "checkpoints"),
@@ -196,7 +239,9 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
             weight_decay=float(cfg.weight_decay),
             lr_scheduler_type=sched.name,
             lr_scheduler_kwargs=dict(sched.kwargs),
-            warmup_steps=int(sched.warmup_steps) if int(sched.warmup_steps) > 0 else float(sched.warmup_ratio),
+            warmup_steps=int(sched.warmup_steps)
+            if int(sched.warmup_steps) > 0
+            else float(sched.warmup_ratio),
             eval_strategy="steps",
             eval_steps=int(t.eval_every),
             logging_steps=int(t.logging_steps),
@@ -216,19 +261,32 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         )
         debug = cfg.get("debug") or {}
         stop_on_signal = callbacks.StopOnSignal()
-        callbacks_: list[Any] = [logger_cb, stop_on_signal, callbacks.FaultInjection(
-            debug.get("fail_at_step"), debug.get("oom_at_step"), attempt, int(debug.get("oom_attempts", 1)),
-            float(debug.get("sleep_per_step", 0.0)))]
+        callbacks_: list[Any] = [
+            logger_cb,
+            stop_on_signal,
+            callbacks.FaultInjection(
+                debug.get("fail_at_step"),
+                debug.get("oom_at_step"),
+                attempt,
+                int(debug.get("oom_attempts", 1)),
+                float(debug.get("sleep_per_step", 0.0)),
+            ),
+        ]
         if t.early_stopping_patience is not None:
             callbacks_.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
         if t.token_budget:
             callbacks_.append(callbacks.TokenBudget(int(t.token_budget)))
         loss_watch = callbacks.LossWatch(model, debug.get("nan_at_step"))
         trainer = Trainer(
-            model=model, args=args, data_collator=data.collator(tokenizer, cfg.data),
+            model=model,
+            args=args,
+            data_collator=data.collator(tokenizer, cfg.data),
             compute_metrics=None if cfg.task.generates_text else _accuracy,
-            train_dataset=splits["train"], eval_dataset=splits["validation"], processing_class=tokenizer,
-            callbacks=callbacks_, optimizer_cls_and_kwargs=(opt.func, dict(opt.keywords)),
+            train_dataset=splits["train"],
+            eval_dataset=splits["validation"],
+            processing_class=tokenizer,
+            callbacks=callbacks_,
+            optimizer_cls_and_kwargs=(opt.func, dict(opt.keywords)),
         )
         trainer.remove_callback(PrinterCallback)  # our StdoutLogger prints the same logs with split prefixes
         loss_watch.trainer = trainer
@@ -238,7 +296,11 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         if cfg.eval.eval_before_training:
             out["initial_eval_loss"] = trainer.evaluate()["eval_loss"]
         metrics.reset_peak_memory()
-        resume = get_last_checkpoint(args.output_dir) if cfg.resume == "auto" and Path(args.output_dir).is_dir() else None
+        resume = (
+            get_last_checkpoint(args.output_dir)
+            if cfg.resume == "auto" and Path(args.output_dir).is_dir()
+            else None
+        )
         if resume:
             print(f"tunegrid: resuming from {resume}")
         stop_on_signal.install()
@@ -252,8 +314,10 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
             loss_watch.trainer = None  # evaluation and generation below are not training steps
         if stop_on_signal.signal is not None:
             close({"status": "interrupted"})
-            stop = callbacks.Interrupted(f"signal {stop_on_signal.signal} at step {trainer.state.global_step}; "
-                                         f"checkpoint saved in {args.output_dir}, re-run the same command to resume")
+            stop = callbacks.Interrupted(
+                f"signal {stop_on_signal.signal} at step {trainer.state.global_step}; "
+                f"checkpoint saved in {args.output_dir}, re-run the same command to resume"
+            )
             stop.step_reached, stop.signum = trainer.state.global_step, stop_on_signal.signal
             raise stop
         out["peak_memory_mb"] = metrics.peak_memory_mb()
@@ -286,7 +350,9 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
             test_perplexity=math.exp(min(out["test_loss"], 50.0)) if "test_loss" in out else None,
             tokens_trained=int(state.num_input_tokens_seen),
             # this session's tokens over this session's time (a resumed run counts only what it trained)
-            tokens_per_s=(state.num_input_tokens_seen - logger_cb.start_tokens) / runtime if runtime > 0 else 0.0,
+            tokens_per_s=(state.num_input_tokens_seen - logger_cb.start_tokens) / runtime
+            if runtime > 0
+            else 0.0,
             train_runtime_s=runtime,
             time_per_epoch_s=runtime / epochs_done if epochs_done > 0 else None,
             steps=int(state.global_step),
@@ -301,11 +367,20 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         # 6. Forgetting, generations on test prompts (samples.jsonl + W&B table), task / reward / judge metrics.
         extra: dict[str, float] = {}
         if generic_before is not None:
-            after = evaluation.generic_loss(trainer.model, tokenizer, generic, int(cfg.eval.forgetting_block_size))
-            extra.update({"eval/generic_loss_before": generic_before, "eval/generic_loss_after": after,
-                          "eval/forgetting": evaluation.forgetting(generic_before, after)})
+            after = evaluation.generic_loss(
+                trainer.model, tokenizer, generic, int(cfg.eval.forgetting_block_size)
+            )
+            extra.update(
+                {
+                    "eval/generic_loss_before": generic_before,
+                    "eval/generic_loss_after": after,
+                    "eval/forgetting": evaluation.forgetting(generic_before, after),
+                }
+            )
         if cfg.task.generates_text:
-            extra.update(evaluation.evaluate_generations(trainer.model, tokenizer, cfg, cache, run_dir, backends))
+            extra.update(
+                evaluation.evaluate_generations(trainer.model, tokenizer, cfg, cache, run_dir, backends)
+            )
         logger_cb.emit(extra, int(state.global_step))
         out.update(extra)
 
@@ -323,8 +398,11 @@ def _accuracy(pred) -> dict[str, float]:
 
     classes = pred.predictions.argmax(-1).tolist()
     labels = pred.label_ids.tolist()
-    return {"accuracy": evaluation.compute_metrics(["accuracy"], [str(c) for c in classes],
-                                                   [str(y) for y in labels], prefix="x")["x/accuracy"]}
+    return {
+        "accuracy": evaluation.compute_metrics(
+            ["accuracy"], [str(c) for c in classes], [str(y) for y in labels], prefix="x"
+        )["x/accuracy"]
+    }
 
 
 if __name__ == "__main__":

@@ -35,16 +35,37 @@ def compose_cfg(*overrides: str) -> DictConfig:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
     """`python -m src.run <args>` in a subprocess, the way a user runs it. Returns CompletedProcess."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
-                "TUNEGRID_CACHE": str(SESSION_CACHE), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "src.run", *args], cwd=cwd or REPO_ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    full_env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TUNEGRID_CACHE": str(SESSION_CACHE),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "src.run", *args],
+        cwd=cwd or REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # Short-training overrides for tests: a few steps of the tiny model, no W&B unless a test asks.
-QUICK = ("trainer.max_steps=12", "trainer.eval_every=6", "trainer.logging_steps=3", "trainer.batch_size=8",
-         "data.splits.validation=32", "data.splits.test=16", "logger=none", "eval.num_samples=0",
-         "eval.forgetting=false")
+QUICK = (
+    "trainer.max_steps=12",
+    "trainer.eval_every=6",
+    "trainer.logging_steps=3",
+    "trainer.batch_size=8",
+    "data.splits.validation=32",
+    "data.splits.test=16",
+    "logger=none",
+    "eval.num_samples=0",
+    "eval.forgetting=false",
+)
 
 
 def train_inprocess(run_dir: Path, *overrides: str):

@@ -38,16 +38,28 @@ def quick(logger: str = "none", **replace: object) -> list[str]:
 
 def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
     """path -> (sha256, mtime_ns) of every file under root."""
-    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def earlier_run(root: Path) -> Path:
     """A finished run's directory, as an earlier `python -m src.run` leaves it."""
     run = root / "earlier"
     (run / "checkpoint").mkdir(parents=True)
-    (run / RECORD).write_text(json.dumps({"schema_version": 1, "status": "success", "overrides": ["rank=4"],
-                                          "metrics": {"eval_loss": 1.5}}, indent=2))
+    (run / RECORD).write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "status": "success",
+                "overrides": ["rank=4"],
+                "metrics": {"eval_loss": 1.5},
+            },
+            indent=2,
+        )
+    )
     (run / "metrics.jsonl").write_text('{"step": 0, "eval/loss": 6.2}\n')
     (run / "checkpoint" / "model.safetensors").write_bytes(b"\0" * 64)
     return run
@@ -171,7 +183,7 @@ def _write_wandb_log(path: Path, payloads: list[bytes]) -> None:
             if left < r.CHUNK.size:
                 out += b"\0" * left
                 continue
-            chunk, payload = payload[: left - r.CHUNK.size], payload[left - r.CHUNK.size:]
+            chunk, payload = payload[: left - r.CHUNK.size], payload[left - r.CHUNK.size :]
             last = not payload
             kind = (r.FULL if last else r.FIRST) if first else (r.LAST if last else r.MIDDLE)
             out += r.CHUNK.pack(zlib.crc32(chunk, zlib.crc32(bytes([kind]))), len(chunk), kind) + chunk
@@ -201,7 +213,12 @@ def test_wandb_reader_on_a_synthetic_log(tmp_path):
     summ = pb.Record()
     it = summ.summary.update.add()
     it.key, it.value_json = "eval_loss", "1.25"
-    payloads = [run.SerializeToString(), big.SerializeToString(), hist.SerializeToString(), summ.SerializeToString()]
+    payloads = [
+        run.SerializeToString(),
+        big.SerializeToString(),
+        hist.SerializeToString(),
+        summ.SerializeToString(),
+    ]
     assert len(payloads[1]) > 2 * wandb_reader.BLOCK
     path = tmp_path / "run-abc123.wandb"
     _write_wandb_log(path, payloads)
@@ -244,12 +261,22 @@ def _check_record(rec: dict, run_dir: Path, overrides: list[str]) -> dict:
             assert config[key].get("name", value) == value, (key, config[key])
             continue
         got = flat.get(key, config.get(key))
-        assert str(got) == value or (numeric(value) is not None and numeric(str(got)) == numeric(value)), (key, got)
+        assert str(got) == value or (numeric(value) is not None and numeric(str(got)) == numeric(value)), (
+            key,
+            got,
+        )
     assert rec["method"] == config["method"]["name"] and rec["lr"] == config["lr"]
 
     m = rec["metrics"]
-    for key in ("train_loss", "eval_loss", "initial_eval_loss", "perplexity", "tokens_per_s", "time_per_epoch_s",
-                "peak_memory_mb"):
+    for key in (
+        "train_loss",
+        "eval_loss",
+        "initial_eval_loss",
+        "perplexity",
+        "tokens_per_s",
+        "time_per_epoch_s",
+        "peak_memory_mb",
+    ):
         assert isinstance(m[key], float) and math.isfinite(m[key]) and m[key] >= 0, (key, m[key])
     for key in ("checkpoint_bytes", "trainable_params", "total_params", "steps"):
         assert isinstance(m[key], int) and not isinstance(m[key], bool) and m[key] > 0, (key, m[key])
@@ -266,7 +293,9 @@ def _check_record(rec: dict, run_dir: Path, overrides: list[str]) -> dict:
     env = rec["env"]
     commit = env["git_commit"]
     assert re.fullmatch(r"[0-9a-f]{40}", commit) or commit == "unknown", commit
-    if commit != "unknown":  # this checkout's HEAD when the run started (or an ancestor, if a commit came since)
+    if (
+        commit != "unknown"
+    ):  # this checkout's HEAD when the run started (or an ancestor, if a commit came since)
         ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"], cwd=REPO_ROOT)
         assert ancestor.returncode == 0, commit
     assert isinstance(env["git_dirty"], bool)
@@ -354,8 +383,18 @@ def test_wandb_offline_readback(single_run):
     assert any("train/loss" in row and row["_step"] > 0 for row in wb.history)
 
     # Summary: the record's final metrics.
-    for key in ("train_loss", "eval_loss", "perplexity", "tokens_per_s", "time_per_epoch_s", "peak_memory_mb",
-                "checkpoint_bytes", "trainable_params", "total_params", "initial_eval_loss"):
+    for key in (
+        "train_loss",
+        "eval_loss",
+        "perplexity",
+        "tokens_per_s",
+        "time_per_epoch_s",
+        "peak_memory_mb",
+        "checkpoint_bytes",
+        "trainable_params",
+        "total_params",
+        "initial_eval_loss",
+    ):
         assert key in wb.summary, key
         assert math.isclose(wb.summary[key], m[key], rel_tol=1e-9), key
 
@@ -382,7 +421,9 @@ def lora_params_per_rank(cfg) -> int:
 def test_lora_rank_grid(tmp_path):
     sweep = tmp_path / "grid"
     # `-m` last, as in the README: Hydra's argparse takes no overrides after the flag.
-    proc = run_cli("method=lora", "rank=8,16", *quick(logger="wandb"), f"hydra.sweep.dir={sweep}", "-m", timeout=600)
+    proc = run_cli(
+        "method=lora", "rank=8,16", *quick(logger="wandb"), f"hydra.sweep.dir={sweep}", "-m", timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     no_traceback(proc)
 
@@ -416,7 +457,11 @@ def test_lora_rank_grid(tmp_path):
     for rank, rec in recs.items():
         wb = wandb_reader.read_run(wandb_reader.find_run_file(rec["run_dir"]))
         assert wb.group == group and wb.name == ",".join(rec["overrides"])
-        assert wb.config["rank"] == rank and wb.config["method.peft.r"] == rank and wb.config["method.name"] == "lora"
+        assert (
+            wb.config["rank"] == rank
+            and wb.config["method.peft.r"] == rank
+            and wb.config["method.name"] == "lora"
+        )
         assert wb.config["trainable_params"] == rec["metrics"]["trainable_params"]
         assert "lora" in wb.tags
         assert math.isclose(wb.summary["eval_loss"], rec["metrics"]["eval_loss"], rel_tol=1e-9)
@@ -433,15 +478,23 @@ def failing_grid(tmp_path_factory):
     negative eps when the Trainer builds the optimizer, after the model loaded and W&B started)."""
     sweep = tmp_path_factory.mktemp("failing") / "grid"
     short = quick(logger="wandb", **{"trainer.max_steps": 6, "trainer.eval_every": 3})
-    proc = run_cli("optim.optimizer.eps=-1,1e-8", "lr=-1,1e-3", *short, f"hydra.sweep.dir={sweep}", "-m", timeout=600)
-    recs = {tuple(r["overrides"]): r for r in (json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{RECORD}")))}
+    proc = run_cli(
+        "optim.optimizer.eps=-1,1e-8", "lr=-1,1e-3", *short, f"hydra.sweep.dir={sweep}", "-m", timeout=600
+    )
+    recs = {
+        tuple(r["overrides"]): r
+        for r in (json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{RECORD}")))
+    }
 
     def rec_for(eps: str, lr: str) -> dict:  # Hydra normalises swept numbers (1e-8 -> 1e-08): compare values
         def value(o: tuple[str, ...], key: str) -> float | None:
             return next((numeric(x.partition("=")[2]) for x in o if x.partition("=")[0] == key), None)
 
-        return next(r for o, r in recs.items()
-                    if value(o, "optim.optimizer.eps") == float(eps) and value(o, "lr") == float(lr))
+        return next(
+            r
+            for o, r in recs.items()
+            if value(o, "optim.optimizer.eps") == float(eps) and value(o, "lr") == float(lr)
+        )
 
     return SimpleNamespace(proc=proc, sweep=sweep, recs=recs, rec_for=rec_for)
 
@@ -505,7 +558,9 @@ def test_default_run(tmp_path):
     wb = wandb_reader.read_run(wandb_reader.find_run_file(run_dir))
     assert wb.name == wb.group == "default" and wb.exit_code == 0
     assert math.isclose(wb.summary["eval_loss"], metrics["eval_loss"], rel_tol=1e-9)
-    print(f"default run: {seconds:.0f} s, eval loss {metrics['initial_eval_loss']:.2f} -> {metrics['eval_loss']:.2f}")
+    print(
+        f"default run: {seconds:.0f} s, eval loss {metrics['initial_eval_loss']:.2f} -> {metrics['eval_loss']:.2f}"
+    )
 
 
 def test_quick_overrides_are_valid():

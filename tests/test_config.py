@@ -39,12 +39,17 @@ CHOICES = discover_choices()
 GROUPS = sorted({g for g, _ in CHOICES})
 # Groups in the primary config's defaults list are overridden (`group=choice`); any other group is added
 # (`+group=choice`), as a user would.
-IN_DEFAULTS = {next(iter(d)) for d in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").defaults)
-               if isinstance(d, dict)}
+IN_DEFAULTS = {
+    next(iter(d))
+    for d in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").defaults)
+    if isinstance(d, dict)
+}
 
 
 def override_for(group: str, choice: str) -> str:
     return f"{group}={choice}" if group in IN_DEFAULTS else f"+{group}={choice}"
+
+
 # Groups whose choices carry a `name` that the record reports (method, optimizer, ...): it must equal the choice.
 NAMED = ("model", "method", "data", "optim", "lr_schedule")
 
@@ -93,7 +98,9 @@ def _interpolations(node) -> list[str]:
 
 
 def test_discovery_finds_the_documented_groups():
-    assert {"model", "method", "data", "optim", "lr_schedule", "trainer", "logger"} <= set(GROUPS) & IN_DEFAULTS
+    assert {"model", "method", "data", "optim", "lr_schedule", "trainer", "logger"} <= set(
+        GROUPS
+    ) & IN_DEFAULTS
     assert len(CHOICES) >= 30, CHOICES
 
 
@@ -148,7 +155,9 @@ def test_every_target_is_importable():
             cfg = _compose_hydra(f"{group}={choice}")
             targets.add(cfg.hydra.callbacks.grid_summary._target_)
             continue
-        for key, value in flatten(OmegaConf.to_container(composed(override_for(group, choice)), resolve=False)).items():
+        for key, value in flatten(
+            OmegaConf.to_container(composed(override_for(group, choice)), resolve=False)
+        ).items():
             if key.endswith("_target_"):
                 targets.add(value)
     assert targets, "no _target_ found"
@@ -192,17 +201,26 @@ def test_readme_lists_every_choice_and_the_defaults():
 def test_default_config():
     cfg = validate(composed())
     assert (cfg.model.name, cfg.method.name, cfg.data.name, cfg.optim.name, cfg.lr_schedule.name) == (
-        "tiny", "full", "synthetic", "adamw", "linear")
+        "tiny",
+        "full",
+        "synthetic",
+        "adamw",
+        "linear",
+    )
     assert cfg.logger.wandb._target_ == "src.loggers.WandbLogger"
     assert cfg.model.build is not None, "the default model must build from config (no download)"
-    assert cfg.data.hub is None and cfg.data.generator is not None, "the default data must be generated (offline)"
+    assert cfg.data.hub is None and cfg.data.generator is not None, (
+        "the default data must be generated (offline)"
+    )
 
 
 # --------------------------------------------------------------------------- the swept keys
 
 
 def test_top_level_keys_reach_the_lora_config():
-    cfg = validate(compose_cfg("method=lora", "rank=16", "alpha=32", "lora_dropout=0.1", "lora_targets=attn_mlp"))
+    cfg = validate(
+        compose_cfg("method=lora", "rank=16", "alpha=32", "lora_dropout=0.1", "lora_targets=attn_mlp")
+    )
     peft = cfg.method.peft
     assert (peft.r, peft.lora_alpha, peft.lora_dropout) == (16, 32, 0.1)
     assert peft.target_modules == list(cfg.model.lora_targets.attn_mlp)
@@ -242,18 +260,34 @@ def test_flattened_config_is_what_wandb_gets():
 TINY = _composed().model  # bounds that depend on the model are read from its YAML, not hard-coded
 
 BAD = [
-    ("rank=0", "rank"), ("rank=-4", "rank"), ("rank=abc", "rank"), ("rank=2.5", "rank"),
-    (f"rank={TINY.hidden_size + 1}", "rank"), ("alpha=0", "alpha"), ("lr=-1", "lr"), ("lr=0", "lr"),
-    ("lr=nan", "lr"), ("lr=inf", "lr"), ("weight_decay=-0.1", "weight_decay"),
-    ("lora_dropout=1", "lora_dropout"), ("lora_targets=everything", "lora_targets"),
-    ("frozen_blocks=-1", "frozen_blocks"), (f"frozen_blocks={TINY.num_layers + 1}", "frozen_blocks"),
-    ("frozen_blocks=99", "frozen_blocks"), (f"frozen_blocks={TINY.num_layers}", "frozen_blocks"),  # LoRA needs a block
-    ("seed=-1", "seed"), ("trainer.batch_size=0", "trainer.batch_size"),
-    ("trainer.grad_accum=0", "trainer.grad_accum"), ("trainer.max_steps=0", "trainer.max_steps"),
-    ("trainer.max_steps=-2", "trainer.max_steps"), ("trainer.epochs=0", "trainer.epochs"),
-    ("trainer.precision=fp64", "trainer.precision"), ("trainer.eval_every=0", "trainer.eval_every"),
+    ("rank=0", "rank"),
+    ("rank=-4", "rank"),
+    ("rank=abc", "rank"),
+    ("rank=2.5", "rank"),
+    (f"rank={TINY.hidden_size + 1}", "rank"),
+    ("alpha=0", "alpha"),
+    ("lr=-1", "lr"),
+    ("lr=0", "lr"),
+    ("lr=nan", "lr"),
+    ("lr=inf", "lr"),
+    ("weight_decay=-0.1", "weight_decay"),
+    ("lora_dropout=1", "lora_dropout"),
+    ("lora_targets=everything", "lora_targets"),
+    ("frozen_blocks=-1", "frozen_blocks"),
+    (f"frozen_blocks={TINY.num_layers + 1}", "frozen_blocks"),
+    ("frozen_blocks=99", "frozen_blocks"),
+    (f"frozen_blocks={TINY.num_layers}", "frozen_blocks"),  # LoRA needs a block
+    ("seed=-1", "seed"),
+    ("trainer.batch_size=0", "trainer.batch_size"),
+    ("trainer.grad_accum=0", "trainer.grad_accum"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("trainer.max_steps=-2", "trainer.max_steps"),
+    ("trainer.epochs=0", "trainer.epochs"),
+    ("trainer.precision=fp64", "trainer.precision"),
+    ("trainer.eval_every=0", "trainer.eval_every"),
     ("trainer.early_stopping_patience=0", "trainer.early_stopping_patience"),
-    ("lr_schedule.warmup_ratio=1.0", "lr_schedule.warmup_ratio"), ("data.max_seq_len=4", "data.max_seq_len"),
+    ("lr_schedule.warmup_ratio=1.0", "lr_schedule.warmup_ratio"),
+    ("data.max_seq_len=4", "data.max_seq_len"),
     (f"data.max_seq_len={TINY.context_length + 1}", "data.max_seq_len"),
 ]
 
@@ -279,9 +313,20 @@ def test_cross_key_constraints():
         validate(with_values(composed("optim=sgd_nesterov"), "optim.optimizer.momentum=0"))
 
 
-GOOD = ["rank=1", f"rank={TINY.hidden_size}", "rank=8.0", "frozen_blocks=0", f"frozen_blocks={TINY.num_layers - 1}",
-        "lora_dropout=0", "trainer.max_steps=-1", "trainer.max_steps=1", "trainer.early_stopping_patience=1",
-        "lr_schedule.warmup_ratio=0", f"data.max_seq_len={TINY.context_length}", "lr=1e-9"]
+GOOD = [
+    "rank=1",
+    f"rank={TINY.hidden_size}",
+    "rank=8.0",
+    "frozen_blocks=0",
+    f"frozen_blocks={TINY.num_layers - 1}",
+    "lora_dropout=0",
+    "trainer.max_steps=-1",
+    "trainer.max_steps=1",
+    "trainer.early_stopping_patience=1",
+    "lr_schedule.warmup_ratio=0",
+    f"data.max_seq_len={TINY.context_length}",
+    "lr=1e-9",
+]
 
 
 @pytest.mark.parametrize("override", GOOD)

@@ -22,9 +22,7 @@ ALPACA_HEAD = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
 )
-ALPACA_HEAD_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-)
+ALPACA_HEAD_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -60,7 +58,9 @@ def data_cfg(name: str, *overrides: str):
 def alpaca_records(n: int) -> list[dict]:
     out = []
     for i in range(n):
-        out.append({"instruction": f"Task {i}.", "input": "" if i % 3 == 0 else f"in {i}", "output": f"out {i}"})
+        out.append(
+            {"instruction": f"Task {i}.", "input": "" if i % 3 == 0 else f"in {i}", "output": f"out {i}"}
+        )
     return out
 
 
@@ -88,11 +88,22 @@ def test_alpaca_json_list_renders_template_filters_512_and_carves_seeded_splits(
     recs[2]["output"] = "y" * 512  # dropped
     recs[4]["output"] = "z" * 2000  # dropped
     path = write(tmp_path / "alpaca.json", recs)
-    cfg = data_cfg("alpaca", f"data.path={path}", "data.splits.train=23", "data.splits.validation=10",
-                   "data.splits.test=5")
+    cfg = data_cfg(
+        "alpaca",
+        f"data.path={path}",
+        "data.splits.train=23",
+        "data.splits.validation=10",
+        "data.splits.test=5",
+    )
 
-    assert data.render_prompt(cfg, recs[1]) == ALPACA_HEAD + "### Instruction:\nTask 1.\n\n### Input:\nin 1\n\n### Response:\n"
-    assert data.render_prompt(cfg, recs[0]) == ALPACA_HEAD_NO_INPUT + "### Instruction:\nTask 0.\n\n### Response:\n"
+    assert (
+        data.render_prompt(cfg, recs[1])
+        == ALPACA_HEAD + "### Instruction:\nTask 1.\n\n### Input:\nin 1\n\n### Response:\n"
+    )
+    assert (
+        data.render_prompt(cfg, recs[0])
+        == ALPACA_HEAD_NO_INPUT + "### Instruction:\nTask 0.\n\n### Response:\n"
+    )
     assert data.render_response(cfg, recs[1]) == "x" * 511
 
     splits = data.load_splits(cfg, tmp_path / "cache")
@@ -104,8 +115,10 @@ def test_alpaca_json_list_renders_template_filters_512_and_carves_seeded_splits(
 
     again = data.load_splits(cfg, tmp_path / "cache")
     assert [r["instruction"] for r in again["train"]] == [r["instruction"] for r in splits["train"]]
-    other = data.load_splits(data_cfg("alpaca", f"data.path={path}", "data.splits.train=20", "data.split_seed=7"),
-                             tmp_path / "cache")
+    other = data.load_splits(
+        data_cfg("alpaca", f"data.path={path}", "data.splits.train=20", "data.split_seed=7"),
+        tmp_path / "cache",
+    )
     assert [r["instruction"] for r in other["train"]] != [r["instruction"] for r in splits["train"]]
 
 
@@ -118,16 +131,28 @@ def test_alpaca_default_sizes_are_the_studys_subset():
 
 def test_max_train_and_eval_samples_cut_the_splits(tmp_path):
     path = write(tmp_path / "a.jsonl", alpaca_records(60))
-    cfg = data_cfg("alpaca", f"data.path={path}", "data.splits.train=30", "data.splits.validation=20",
-                   "data.splits.test=10", "data.max_train_samples=7", "data.max_eval_samples=3")
+    cfg = data_cfg(
+        "alpaca",
+        f"data.path={path}",
+        "data.splits.train=30",
+        "data.splits.validation=20",
+        "data.splits.test=10",
+        "data.max_train_samples=7",
+        "data.max_eval_samples=3",
+    )
     splits = data.load_splits(cfg, tmp_path / "cache")
     assert {k: len(v) for k, v in splits.items()} == {"train": 7, "validation": 3, "test": 3}
 
 
 def test_tokenised_examples_mask_the_prompt_and_end_with_eos(tmp_path, tok):
     path = write(tmp_path / "a.jsonl", alpaca_records(30))
-    cfg = data_cfg("alpaca", f"data.path={path}", "data.splits.train=20", "data.splits.validation=5",
-                   "data.splits.test=5")
+    cfg = data_cfg(
+        "alpaca",
+        f"data.path={path}",
+        "data.splits.train=20",
+        "data.splits.validation=5",
+        "data.splits.test=5",
+    )
     raw = data.load_splits(cfg, tmp_path / "cache")
     out = data.build(cfg, tok, tmp_path / "cache")
     ex, rec = out["train"][0], raw["train"][0]
@@ -148,34 +173,59 @@ def test_synthetic_default_still_builds(tok):
 
 
 def test_dolly_jsonl_puts_context_before_instruction(tmp_path):
-    recs = [{"instruction": f"Q{i}?", "context": "" if i % 2 else f"Background {i}.", "response": f"A{i}.",
-             "category": "open_qa" if i % 2 else "closed_qa"} for i in range(30)]
+    recs = [
+        {
+            "instruction": f"Q{i}?",
+            "context": "" if i % 2 else f"Background {i}.",
+            "response": f"A{i}.",
+            "category": "open_qa" if i % 2 else "closed_qa",
+        }
+        for i in range(30)
+    ]
     path = write(tmp_path / "dolly.jsonl", recs)
     cfg = data_cfg("dolly", f"data.path={path}", "data.splits.validation=6", "data.splits.test=4")
     assert cfg.hub == "databricks/databricks-dolly-15k"
     assert list(cfg.fields) == ["instruction", "context", "response", "category"]
-    assert data.render_prompt(cfg, recs[0]) + data.render_response(cfg, recs[0]) == "Background 0.\n\nQ0?\n\nA0."
+    assert (
+        data.render_prompt(cfg, recs[0]) + data.render_response(cfg, recs[0]) == "Background 0.\n\nQ0?\n\nA0."
+    )
     assert data.render_prompt(cfg, recs[1]) + data.render_response(cfg, recs[1]) == "Q1?\n\nA1."
     splits = data.load_splits(cfg, tmp_path / "cache")
-    assert {k: len(v) for k, v in splits.items()} == {"train": 20, "validation": 6, "test": 4}  # train: the rest
+    assert {k: len(v) for k, v in splits.items()} == {
+        "train": 20,
+        "validation": 6,
+        "test": 4,
+    }  # train: the rest
 
 
 # --------------------------------------------------------------------------- cnn_dailymail
 
 
 def cnn_records(n: int) -> list[dict]:
-    return [{"article": f"LONDON, England (CNN) -- Story {i}: it's a \"big\" day. " + "More words here. " * 60,
-             "highlights": f"Story {i} happened .\nIt's big .", "id": f"{i:040x}"} for i in range(n)]
+    return [
+        {
+            "article": f'LONDON, England (CNN) -- Story {i}: it\'s a "big" day. ' + "More words here. " * 60,
+            "highlights": f"Story {i} happened .\nIt's big .",
+            "id": f"{i:040x}",
+        }
+        for i in range(n)
+    ]
 
 
 def test_cnn_dailymail_parquet_prompt_sizes_and_truncation(tmp_path, tok):
     path = write(tmp_path / "cnn.parquet", cnn_records(30))
-    cfg = data_cfg("cnn_dailymail", f"data.path={path}", "data.splits.train=20", "data.splits.validation=6",
-                   "data.splits.test=4")
+    cfg = data_cfg(
+        "cnn_dailymail",
+        f"data.path={path}",
+        "data.splits.train=20",
+        "data.splits.validation=6",
+        "data.splits.test=4",
+    )
     assert cfg.hub_config == "3.0.0" and cfg.max_seq_len == 256
     rec = cnn_records(1)[0]
     assert data.render_prompt(cfg, rec) == (
-        f"Summarize the following news article.\n\n### Article:\n{rec['article']}\n\n### Summary:\n")
+        f"Summarize the following news article.\n\n### Article:\n{rec['article']}\n\n### Summary:\n"
+    )
     assert data.render_response(cfg, rec) == "Story 0 happened .\nIt's big ."
 
     splits = data.load_splits(cfg, tmp_path / "cache")
@@ -194,7 +244,8 @@ def test_cnn_dailymail_study_sizes_and_optional_normalisation(tmp_path):
     cfg = data_cfg("cnn_dailymail", "data.normalize.lowercase=true", "data.normalize.strip_punctuation=true")
     assert data.render_response(cfg, rec) == "story 0 happened\nits big"
     assert data.render_prompt(cfg, rec).startswith(
-        "Summarize the following news article.\n\n### Article:\nlondon england cnn story 0 its a big day more words")
+        "Summarize the following news article.\n\n### Article:\nlondon england cnn story 0 its a big day more words"
+    )
     only_lower = data_cfg("cnn_dailymail", "data.normalize.lowercase=true")
     assert data.render_response(only_lower, rec) == "story 0 happened .\nit's big ."
 
@@ -205,8 +256,10 @@ def test_cnn_dailymail_study_sizes_and_optional_normalisation(tmp_path):
 def hh_records(n: int, prefix: str = "") -> list[dict]:
     out = []
     for i in range(n):
-        chosen = (f"\n\nHuman: {prefix}hi {i}\n\nAssistant: Hello.\n\nHuman: And then?"
-                  f"\n\nAssistant: Then {i}, fine.")
+        chosen = (
+            f"\n\nHuman: {prefix}hi {i}\n\nAssistant: Hello.\n\nHuman: And then?"
+            f"\n\nAssistant: Then {i}, fine."
+        )
         out.append({"chosen": chosen, "rejected": chosen.replace("fine", "no")})
     return out
 
@@ -244,8 +297,13 @@ def test_hh_rlhf_one_local_file_needs_sizes(tmp_path):
 
 
 def e2e_records(n: int, tag: str = "") -> list[dict]:
-    return [{"meaning_representation": f"name[Place {tag}{i}], eatType[pub], area[riverside]",
-             "human_reference": f"Place {tag}{i} is a pub by the river."} for i in range(n)]
+    return [
+        {
+            "meaning_representation": f"name[Place {tag}{i}], eatType[pub], area[riverside]",
+            "human_reference": f"Place {tag}{i} is a pub by the river.",
+        }
+        for i in range(n)
+    ]
 
 
 def test_e2e_nlg_csv_renders_mr_to_text(tmp_path):
@@ -254,15 +312,18 @@ def test_e2e_nlg_csv_renders_mr_to_text(tmp_path):
     assert cfg.hub == "e2e_nlg"
     assert data.render_prompt(cfg, e2e_records(1)[0]) == (
         "Describe the restaurant in one or two sentences.\n\n### Meaning representation:\n"
-        "name[Place 0], eatType[pub], area[riverside]\n\n### Description:\n")
+        "name[Place 0], eatType[pub], area[riverside]\n\n### Description:\n"
+    )
     assert data.render_response(cfg, e2e_records(1)[0]) == "Place 0 is a pub by the river."
     splits = data.load_splits(cfg, tmp_path / "cache")
     assert {k: len(v) for k, v in splits.items()} == {"train": 20, "validation": 5, "test": 5}
 
 
 def test_e2e_nlg_uses_the_upstream_splits_whole(tmp_path):
-    files = {s: write(tmp_path / f"{s}.jsonl", e2e_records(n, s)) for s, n in
-             (("train", 12), ("validation", 4), ("test", 3))}
+    files = {
+        s: write(tmp_path / f"{s}.jsonl", e2e_records(n, s))
+        for s, n in (("train", 12), ("validation", 4), ("test", 3))
+    }
     cfg = data_cfg("e2e_nlg", "data.path={" + ",".join(f"{s}:{p}" for s, p in files.items()) + "}")
     splits = data.load_splits(cfg, tmp_path / "cache")
     assert {k: len(v) for k, v in splits.items()} == {"train": 12, "validation": 4, "test": 3}
@@ -291,8 +352,14 @@ CACHE_SCRIPT = textwrap.dedent("""
 
 def run_build(spec: dict, tok_dir: str, cache: Path, mode: str) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "random"}
-    proc = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, json.dumps(spec), tok_dir, str(cache), mode],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CACHE_SCRIPT, json.dumps(spec), tok_dir, str(cache), mode],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -300,7 +367,12 @@ def run_build(spec: dict, tok_dir: str, cache: Path, mode: str) -> dict:
 def test_second_build_loads_tokenised_data_from_the_cache(tmp_path, tok, monkeypatch):
     """In-process version (fast tier): a second build with fresh configs must not call the tokenizer."""
     path = write(tmp_path / "a.jsonl", alpaca_records(30))
-    overrides = (f"data.path={path}", "data.splits.train=20", "data.splits.validation=5", "data.splits.test=5")
+    overrides = (
+        f"data.path={path}",
+        "data.splits.train=20",
+        "data.splits.validation=5",
+        "data.splits.test=5",
+    )
     first = data.build(data_cfg("alpaca", *overrides), tok, tmp_path / "cache")
 
     def refuse(*a, **k):
@@ -314,8 +386,10 @@ def test_second_build_loads_tokenised_data_from_the_cache(tmp_path, tok, monkeyp
 
 @pytest.mark.slow
 def test_second_process_loads_tokenised_data_from_the_cache(tmp_path, tok):
-    path = write(tmp_path / "dolly.jsonl", [{"instruction": f"Q{i}?", "context": "", "response": f"A{i}.",
-                                             "category": "x"} for i in range(40)])
+    path = write(
+        tmp_path / "dolly.jsonl",
+        [{"instruction": f"Q{i}?", "context": "", "response": f"A{i}.", "category": "x"} for i in range(40)],
+    )
     cfg = data_cfg("dolly", f"data.path={path}", "data.splits.validation=5", "data.splits.test=5")
     spec = OmegaConf.to_container(cfg)
     tok_dir = tok.name_or_path
@@ -330,8 +404,17 @@ def test_second_process_loads_tokenised_data_from_the_cache(tmp_path, tok):
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
     # Anything that changes the tokens changes the fingerprint: a new cache file, not a stale hit.
-    changed = data.build(data_cfg("dolly", f"data.path={path}", "data.splits.validation=5", "data.splits.test=5",
-                                  "data.max_seq_len=16"), tok, cache)
+    changed = data.build(
+        data_cfg(
+            "dolly",
+            f"data.path={path}",
+            "data.splits.validation=5",
+            "data.splits.test=5",
+            "data.max_seq_len=16",
+        ),
+        tok,
+        cache,
+    )
     assert len(list((cache / "tokenised").glob("*.arrow"))) == 6
     assert all(len(ex["input_ids"]) <= 16 for ex in changed["train"])
 

