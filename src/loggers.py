@@ -72,6 +72,7 @@ class WandbLogger:
         entity: str | None = None,
         mode: str = "auto",
         tags: list[str] | None = None,
+        init_timeout_s: float = 15,
     ):
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
@@ -89,14 +90,19 @@ class WandbLogger:
         )
         self.mode = wandb_mode(mode)
         try:
-            self.run = wandb.init(mode=self.mode, **kwargs)
+            # a short init timeout: an unreachable server costs seconds, not wandb's default 90 s
+            self.run = wandb.init(
+                mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout_s), **kwargs
+            )
         except Exception as e:
             if self.mode != "online":
                 raise
             print(
-                f"tunegrid: W&B online init failed ({type(e).__name__}); logging offline instead",
+                f"tunegrid: W&B online init failed ({type(e).__name__}); logging offline instead "
+                f"(upload later: wandb sync {run_dir}/wandb/offline-run-*)",
                 file=sys.stderr,
             )
+            os.environ["WANDB_MODE"] = "offline"  # the rest of a grid goes offline straight away
             self.mode = "offline"
             self.run = wandb.init(mode="offline", **kwargs)
 

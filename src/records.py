@@ -143,6 +143,33 @@ def find_done(root: Path, record: dict[str, Any], sweep: Any) -> dict[str, Any] 
     return None
 
 
+def resumable_checkpoint(folder: Path, cfg: Any, force: bool = False) -> str | None:
+    """The newest complete checkpoint (trainer_state.json is written last) of this same config and code,
+    or None. Checkpoints of another config or code, or any under sweep.force, are moved aside (never
+    deleted) so that the run starts over."""
+    stamp = {"config_hash": config_hash(cfg), "code_key": code_key()}
+    marker = folder / "tunegrid.json"
+
+    def number(p: Path) -> int:
+        tail = p.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    found = sorted(folder.glob("checkpoint-*"), key=number)
+    if found:
+        same = marker.is_file() and json.loads(marker.read_text()) == stamp
+        if force or cfg.resume != "auto" or not same:
+            aside = folder.with_name(f"{folder.name}.old-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}")
+            folder.rename(aside)
+            print(f"tunegrid: earlier checkpoints (another config or code, or sweep.force) moved to {aside}")
+            found = []
+    write_json_atomic(marker, stamp)
+    for ckpt in reversed(found):
+        if (ckpt / "trainer_state.json").is_file():
+            return str(ckpt)
+        print(f"tunegrid: skipping incomplete checkpoint {ckpt}")
+    return None
+
+
 def error_summary(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
@@ -189,12 +216,49 @@ def summary_line(rec: dict[str, Any]) -> str:
     return f"  {rec.get('status', '?'):<8} {keys:<40} {rec.get('error', '')}"
 
 
+class CheckOutputDir(Callback):
+    """Before Hydra writes anything: an output folder that cannot be written is one clear line, not a traceback."""
+
+    def _check(self, key: str, folder: str) -> None:
+        path = Path(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".tunegrid-write-test"):
+                pass
+        except OSError as e:
+            print(
+                f"tunegrid: error: {key}={folder}: cannot write there ({e.strerror or e}); choose a writable folder",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+    def on_run_start(self, config, **kwargs: Any) -> None:
+        self._check("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        self._check("hydra.sweep.dir", config.hydra.sweep.dir)
+
+
 class GridSummary(Callback):
-    """At the end of a multirun: one line per run, and a non-zero exit if any run did not succeed."""
+    """At the end of a multirun: one line per run of this grid, the report, and a non-zero exit if any
+    run did not succeed. Statuses come from the jobs' return values (a bad value in a re-run grid is
+    not written over an earlier record, but still counts); launchers that run jobs elsewhere fall
+    back to the records on disk."""
+
+    def __init__(self) -> None:
+        self.returned: list[dict[str, Any]] = []
+
+    def on_job_end(self, config, job_return, **kwargs: Any) -> None:
+        try:
+            value = job_return.return_value
+        except Exception:  # the task raised: tunegrid's wrapper normally prevents this
+            value = {"status": "failed", "error": "the job raised before writing its record", "overrides": []}
+        if isinstance(value, dict):
+            self.returned.append(value)
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        records = read_records(sweep_dir)
+        records = self.returned or read_records(sweep_dir)
         print(f"\ntunegrid: {len(records)} run(s) in {sweep_dir}")
         for rec in records:
             print(summary_line(rec))

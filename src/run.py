@@ -63,7 +63,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         print(f"tunegrid: success; record: {run_dir / records.RECORD}")
     except ConfigError as e:
         print(f"tunegrid: error: {e}", file=sys.stderr)
-        if multirun or not (run_dir / records.RECORD).exists():  # never overwrite an earlier run's record
+        if not (run_dir / records.RECORD).exists():  # never overwrite an earlier run's record
             records.write_failure(run_dir, record, e, status="invalid")
         if not multirun:
             sys.exit(2)
@@ -153,7 +153,6 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
     import transformers
     from hydra.utils import instantiate
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from src import callbacks, data, evaluation, methods, metrics, models
     from src.loggers import JsonlLogger, MetricsCallback, StdoutLogger
@@ -296,11 +295,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         if cfg.eval.eval_before_training:
             out["initial_eval_loss"] = trainer.evaluate()["eval_loss"]
         metrics.reset_peak_memory()
-        resume = (
-            get_last_checkpoint(args.output_dir)
-            if cfg.resume == "auto" and Path(args.output_dir).is_dir()
-            else None
-        )
+        resume = records.resumable_checkpoint(Path(args.output_dir), cfg, force=bool(cfg.sweep.force))
         if resume:
             print(f"tunegrid: resuming from {resume}")
         stop_on_signal.install()
