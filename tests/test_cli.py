@@ -261,7 +261,9 @@ def _check_record(rec: dict, run_dir: Path, overrides: list[str]) -> dict:
             assert config[key].get("name", value) == value, (key, config[key])
             continue
         got = flat.get(key, config.get(key))
-        assert str(got) == value or (numeric(value) is not None and numeric(str(got)) == numeric(value)), (
+        assert str(got).lower() == value.lower() or (
+            numeric(value) is not None and numeric(str(got)) == numeric(value)
+        ), (
             key,
             got,
         )

@@ -40,7 +40,12 @@ def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPr
     return _run_cli(*args, env={**THREADS, **(env or {})}, **kw)
 
 
-_EXTRA = ("eval.num_samples=0", "eval.forgetting=false", "eval.eval_before_training=false", "eval.test_split=false")
+_EXTRA = (
+    "eval.num_samples=0",
+    "eval.forgetting=false",
+    "eval.eval_before_training=false",
+    "eval.test_split=false",
+)
 BASE = (*(o for o in QUICK if o.split("=", 1)[0] not in {e.split("=", 1)[0] for e in _EXTRA}), *_EXTRA)
 
 
@@ -66,11 +71,23 @@ def no_traceback(proc: subprocess.CompletedProcess) -> None:
 
 def popen_cli(*args: str, log: Path) -> subprocess.Popen:
     """`python -m src.run <args>` started in the background, stdout and stderr into `log`."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
-           "TUNEGRID_CACHE": str(SESSION_CACHE), "PYTHONUNBUFFERED": "1", **THREADS}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TUNEGRID_CACHE": str(SESSION_CACHE),
+        "PYTHONUNBUFFERED": "1",
+        **THREADS,
+    }
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "src.run", *args], cwd=REPO_ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "src.run", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
@@ -78,7 +95,9 @@ def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before {path} appeared:\n{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"the run ended (exit {proc.returncode}) before {path} appeared:\n{log.read_text()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait(30)
@@ -96,8 +115,11 @@ def snapshot(sweep: Path) -> dict[str, dict]:
     out = {}
     for cell in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
         rec = record(cell) if (cell / RECORD).exists() else None
-        seed = next(o.partition("=")[2] for o in (rec or {}).get("overrides", []) if o.startswith("seed=")) \
-            if rec else str(SEEDS[int(cell.name)])
+        seed = (
+            next(o.partition("=")[2] for o in (rec or {}).get("overrides", []) if o.startswith("seed="))
+            if rec
+            else str(SEEDS[int(cell.name)])
+        )
         out[seed] = {"dir": cell, "record": rec, "log_lines": log_lines(cell)}
     return out
 
@@ -122,8 +144,17 @@ def code_snapshot(dest: Path) -> Path:
         shutil.copytree(REPO_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     if shutil.which("git") is None:  # no git: every record's code key is "unknown", stable too
         return dest
-    git = ["git", "-C", str(dest), "-c", "user.name=tunegrid-tests", "-c", "user.email=tests@localhost",
-           "-c", "commit.gpgsign=false"]
+    git = [
+        "git",
+        "-C",
+        str(dest),
+        "-c",
+        "user.name=tunegrid-tests",
+        "-c",
+        "user.email=tests@localhost",
+        "-c",
+        "commit.gpgsign=false",
+    ]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
         subprocess.run([*git, *cmd], check=True, capture_output=True, timeout=60)
     return dest
@@ -135,8 +166,10 @@ def grid_resume(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     code = code_snapshot(tmp / "code")
     sweep = tmp / "grid"
-    common = [*short("trainer.max_steps=3", "trainer.logging_steps=3", "trainer.eval_every=3"),
-              f"hydra.sweep.dir={sweep}"]
+    common = [
+        *short("trainer.max_steps=3", "trainer.logging_steps=3", "trainer.eval_every=3"),
+        f"hydra.sweep.dir={sweep}",
+    ]
 
     def grid(seeds: str, *extra: str) -> subprocess.CompletedProcess:
         return run_cli(*common, f"seed={seeds}", *extra, "-m", cwd=code, timeout=600)
@@ -155,7 +188,9 @@ def grid_resume(tmp_path_factory):
     # no longer match the folders).
     cell0 = phases["force"][1]["0"]["dir"]
     rec0 = record(cell0)
-    rec0["code_key"] = "0000000000000000000000000000000000000000 torch=0.0 transformers=0.0 peft=0.0 bitsandbytes=0.0"
+    rec0["code_key"] = (
+        "0000000000000000000000000000000000000000 torch=0.0 transformers=0.0 peft=0.0 bitsandbytes=0.0"
+    )
     (cell0 / RECORD).write_text(json.dumps(rec0, indent=2))
     phases["stale"] = (grid(",".join(reversed(SEEDS))), snapshot(sweep))
     phases["rerun_stale"] = (grid(",".join(SEEDS), "sweep.rerun_stale=true"), snapshot(sweep))
@@ -231,7 +266,11 @@ def test_rerun_stale_retrains_the_stale_cell(grid_resume):
     assert trained(proc) == {cell["0"]}, proc.stdout[-3000:]
     assert skipped(proc, "already succeeded with this config") == {cell["1"], cell["2"]}
     assert snap["0"]["log_lines"] > before["0"]["log_lines"]
-    assert snap["0"]["record"]["code_key"] == snap["1"]["record"]["code_key"] != before["0"]["record"]["code_key"]
+    assert (
+        snap["0"]["record"]["code_key"]
+        == snap["1"]["record"]["code_key"]
+        != before["0"]["record"]["code_key"]
+    )
 
 
 # --------------------------------------------------------------------------- killed and resumed (slow)
@@ -288,7 +327,8 @@ def test_checkpoint_cut_short_by_a_kill_is_not_resumed_from(tmp_path, baseline):
     no_traceback(failed)
     error = "RuntimeError: injected failure at step 12 (debug.fail_at_step)"
     assert [ln for ln in failed.stderr.splitlines() if ln.startswith("tunegrid:")] == [
-        f"tunegrid: run failed: {error} (record: {run_dir / RECORD})"]
+        f"tunegrid: run failed: {error} (record: {run_dir / RECORD})"
+    ]
     rec = record(run_dir)
     assert (rec["status"], rec["error"], rec["step"]) == ("failed", error, 12), rec
     assert (run_dir / "traceback.txt").read_text().startswith("Traceback")
@@ -317,8 +357,11 @@ def after_baseline(baseline):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap: transformers' Trainer resumed from a checkpoint at max_steps "
-                   "trains one more step; tunegrid does not yet skip training in that case")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: transformers' Trainer resumed from a checkpoint at max_steps "
+    "trains one more step; tunegrid does not yet skip training in that case",
+)
 def test_run_killed_after_its_last_checkpoint_ends_at_max_steps(baseline, after_baseline):
     proc, rec = after_baseline.lost, after_baseline.lost_rec
     assert proc.returncode == 0 and rec and rec["status"] == "success", proc.stderr[-2000:]
@@ -337,8 +380,14 @@ def test_force_trains_again_from_the_start(baseline, after_baseline):
     assert [int(ln.split()[1]) for ln in trained_steps] == [5, 10, 15], trained_steps
 
 
-LORA = short("method=lora", "trainer.max_steps=15", "trainer.save_every=5", "trainer.keep_checkpoints=2",
-             "trainer.logging_steps=5", "trainer.eval_every=15")
+LORA = short(
+    "method=lora",
+    "trainer.max_steps=15",
+    "trainer.save_every=5",
+    "trainer.keep_checkpoints=2",
+    "trainer.logging_steps=5",
+    "trainer.eval_every=15",
+)
 
 
 @pytest.fixture(scope="module")
@@ -361,8 +410,15 @@ def sigterm_run(tmp_path_factory):
     interrupted = record(run_dir) if (run_dir / RECORD).exists() else None
     checkpoints_then = sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*"))
     again = run_cli(*args)
-    return SimpleNamespace(run_dir=run_dir, rc=rc, log=log.read_text(), stopped_after=stopped_after,
-                           interrupted=interrupted, checkpoints_then=checkpoints_then, again=again)
+    return SimpleNamespace(
+        run_dir=run_dir,
+        rc=rc,
+        log=log.read_text(),
+        stopped_after=stopped_after,
+        interrupted=interrupted,
+        checkpoints_then=checkpoints_then,
+        again=again,
+    )
 
 
 @pytest.mark.slow
@@ -374,7 +430,9 @@ def test_sigterm_saves_a_checkpoint_and_stops_promptly(sigterm_run):
     assert rec is not None and rec["status"] == "interrupted", (rec, r.log[-3000:])
     step = rec["step"]
     assert isinstance(step, int) and 5 <= step < 15, rec
-    assert rec["error"].startswith(f"Interrupted: signal {int(signal.SIGTERM)} at step {step}; checkpoint saved"), rec
+    assert rec["error"].startswith(
+        f"Interrupted: signal {int(signal.SIGTERM)} at step {step}; checkpoint saved"
+    ), rec
     assert f"checkpoint-{step}" in r.checkpoints_then, r.checkpoints_then
     assert "Traceback" not in r.log
     assert f"tunegrid: run interrupted: {rec['error']}" in r.log
@@ -386,14 +444,19 @@ def test_interrupted_run_resumes_from_its_checkpoint(sigterm_run):
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     no_traceback(again)
     step = r.interrupted["step"]
-    assert f"tunegrid: resuming from {r.run_dir / 'checkpoints' / f'checkpoint-{step}'}" in again.stdout.splitlines()
+    assert (
+        f"tunegrid: resuming from {r.run_dir / 'checkpoints' / f'checkpoint-{step}'}"
+        in again.stdout.splitlines()
+    )
     rec = record(r.run_dir)
     assert rec["status"] == "success" and rec["metrics"]["steps"] == 15
 
 
 def weight_files(folder: Path) -> list[Path]:
     """Files that hold model or adapter weights (by name), whatever their format."""
-    return [p for p in folder.iterdir() if p.is_file() and re.match(r"(pytorch_)?(model|adapter_model)\b", p.name)]
+    return [
+        p for p in folder.iterdir() if p.is_file() and re.match(r"(pytorch_)?(model|adapter_model)\b", p.name)
+    ]
 
 
 def is_safetensors(path: Path) -> bool:

@@ -44,7 +44,12 @@ def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedPr
     return _run_cli(*args, env={**THREADS, **(env or {})}, **kw)
 
 
-_EXTRA = ("eval.num_samples=0", "eval.forgetting=false", "eval.eval_before_training=false", "eval.test_split=false")
+_EXTRA = (
+    "eval.num_samples=0",
+    "eval.forgetting=false",
+    "eval.eval_before_training=false",
+    "eval.test_split=false",
+)
 BASE = (*(o for o in QUICK if o.split("=", 1)[0] not in {e.split("=", 1)[0] for e in _EXTRA}), *_EXTRA)
 
 
@@ -74,8 +79,11 @@ def tunegrid_lines(text: str) -> list[str]:
 
 def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
     """path -> (sha256, mtime_ns) of every file under root."""
-    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def earlier_run(root: Path) -> Path:
@@ -83,8 +91,17 @@ def earlier_run(root: Path) -> Path:
     run = root / "earlier"
     (run / "checkpoint").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
-    (run / RECORD).write_text(json.dumps({"schema_version": 1, "status": "success", "overrides": ["rank=4"],
-                                          "metrics": {"eval_loss": 1.5}}, indent=2))
+    (run / RECORD).write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "status": "success",
+                "overrides": ["rank=4"],
+                "metrics": {"eval_loss": 1.5},
+            },
+            indent=2,
+        )
+    )
     (run / "metrics.jsonl").write_text('{"step": 0, "eval/loss": 6.2}\n')
     (run / "checkpoint" / "model.safetensors").write_bytes(b"\0" * 64)
     (run / "checkpoints" / "checkpoint-5" / "model.safetensors").write_bytes(b"\1" * 64)
@@ -114,8 +131,13 @@ def fault_grid(tmp_path_factory):
     so all four cells have the same hash, and a cell after a success would be skipped as already done."""
     sweep = tmp_path_factory.mktemp("faults") / "grid"
     t0 = time.perf_counter()
-    proc = run_cli(*short("trainer.max_steps=6"), "+debug=" + ",".join(CELLS), f"hydra.sweep.dir={sweep}", "-m",
-                   timeout=600)
+    proc = run_cli(
+        *short("trainer.max_steps=6"),
+        "+debug=" + ",".join(CELLS),
+        f"hydra.sweep.dir={sweep}",
+        "-m",
+        timeout=600,
+    )
     recs = {}
     for path in sorted(sweep.glob(f"*/{RECORD}")):
         rec = json.loads(path.read_text())
@@ -135,7 +157,9 @@ def test_grid_goes_on_past_failing_cells(fault_grid):
     # The end-of-grid summary: one line per run, naming its status and overrides.
     assert re.search(rf"tunegrid: {len(CELLS)} run\(s\) in {re.escape(str(fault_grid.sweep))}", proc.stdout)
     for debug, (status, error) in CELLS.items():
-        line = next((ln for ln in proc.stdout.splitlines() if f"+debug={debug}" in ln and ln.startswith("  ")), None)
+        line = next(
+            (ln for ln in proc.stdout.splitlines() if f"+debug={debug}" in ln and ln.startswith("  ")), None
+        )
         assert line is not None and line.split()[0] == status, (debug, proc.stdout[-3000:])
         if error:
             assert line.rstrip().endswith(error), line
@@ -172,8 +196,12 @@ def oom_retry_once(tmp_path_factory):
     """One OOM at step 3, retried with half the micro-batch. LoRA with plain SGD, so that the same record
     also checks the memory prediction's gradient (LoRA) and optimizer (SGD: no state) parts."""
     run_dir = tmp_path_factory.mktemp("oom1") / "run"
-    proc = run_cli(*short("trainer.max_steps=4", "method=lora", "optim=sgd", "lr=0.01"), "+debug.oom_at_step=3",
-                   "trainer.oom_retry=true", f"hydra.run.dir={run_dir}")
+    proc = run_cli(
+        *short("trainer.max_steps=4", "method=lora", "optim=sgd", "lr=0.01"),
+        "+debug.oom_at_step=3",
+        "trainer.oom_retry=true",
+        f"hydra.run.dir={run_dir}",
+    )
     return SimpleNamespace(proc=proc, run_dir=run_dir)
 
 
@@ -186,15 +214,22 @@ def test_oom_retry_halves_the_micro_batch(oom_retry_once):
     assert rec["status"] == "success" and rec["oom_retries"] == 1
     assert rec["trainer_used"] == {"batch_size": 4, "grad_accum": 2, "gradient_checkpointing": False}
     assert rec["metrics"]["steps"] == 4
-    assert ("tunegrid: out of memory (MemoryError: injected out of memory at step 3 (debug.oom_at_step)); "
-            "retrying with {'batch_size': 4, 'grad_accum': 2}") in proc.stderr
+    assert (
+        "tunegrid: out of memory (MemoryError: injected out of memory at step 3 (debug.oom_at_step)); "
+        "retrying with {'batch_size': 4, 'grad_accum': 2}"
+    ) in proc.stderr
 
 
 @pytest.mark.slow
 def test_oom_retry_then_gradient_checkpointing(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(*short("trainer.max_steps=4"), "+debug.oom_at_step=3", "+debug.oom_attempts=2",
-                   "trainer.oom_retry=true", f"hydra.run.dir={run_dir}")
+    proc = run_cli(
+        *short("trainer.max_steps=4"),
+        "+debug.oom_at_step=3",
+        "+debug.oom_attempts=2",
+        "trainer.oom_retry=true",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     no_traceback(proc)
     rec = record(run_dir)
@@ -216,11 +251,19 @@ def budget_run(tmp_path_factory):
     a server that refuses connections. WANDB_INIT_TIMEOUT=5 keeps it short: with wandb's default (90 s)
     the fallback comes only when wandb.init gives up, 90 s later (test_wandb_fallback_is_prompt_...)."""
     run_dir = tmp_path_factory.mktemp("budget") / "run"
-    env = {"WANDB_MODE": "online", "WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",
-           "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}", "WANDB_INIT_TIMEOUT": "5"}
+    env = {
+        "WANDB_MODE": "online",
+        "WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",
+        "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}",
+        "WANDB_INIT_TIMEOUT": "5",
+    }
     t0 = time.perf_counter()
-    proc = run_cli(*short("trainer.logging_steps=1", "logger=wandb"), f"trainer.token_budget={BUDGET}",
-                   f"hydra.run.dir={run_dir}", env=env)
+    proc = run_cli(
+        *short("trainer.logging_steps=1", "logger=wandb"),
+        f"trainer.token_budget={BUDGET}",
+        f"hydra.run.dir={run_dir}",
+        env=env,
+    )
     return SimpleNamespace(proc=proc, run_dir=run_dir, seconds=time.perf_counter() - t0)
 
 
@@ -231,7 +274,9 @@ def test_token_budget_stops_at_the_first_step_reaching_it(budget_run):
     m = record(run_dir)["metrics"]
     max_steps = int(compose_cfg(*short()).trainer.max_steps)
     assert m["tokens_trained"] >= BUDGET and 1 <= m["steps"] < max_steps, m
-    seen = {r["step"]: r["train/tokens_seen"] for r in rows(run_dir) if "train/loss" in r}  # logged every step
+    seen = {
+        r["step"]: r["train/tokens_seen"] for r in rows(run_dir) if "train/loss" in r
+    }  # logged every step
     assert sorted(seen) == list(range(1, m["steps"] + 1)), seen
     assert seen[m["steps"]] == m["tokens_trained"]
     assert seen[m["steps"] - 1] < BUDGET, seen
@@ -268,20 +313,25 @@ def test_memory_prediction_lora_sgd(oom_retry_once):
 @pytest.mark.slow
 def test_predicted_oom_is_skipped_without_training(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(*short(), "sweep.skip_predicted_oom=true", "sweep.device_memory_gb=0.0001",
-                   f"hydra.run.dir={run_dir}")
+    proc = run_cli(
+        *short(), "sweep.skip_predicted_oom=true", "sweep.device_memory_gb=0.0001", f"hydra.run.dir={run_dir}"
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     no_traceback(proc)
     rec = record(run_dir)
     assert rec["status"] == "skipped_oom", rec
-    assert re.fullmatch(r"SkippedOOM: predicted peak \d+ MiB > device memory \d+ MiB", rec["error"]), rec["error"]
+    assert re.fullmatch(r"SkippedOOM: predicted peak \d+ MiB > device memory \d+ MiB", rec["error"]), rec[
+        "error"
+    ]
     # The record keeps the prediction it was skipped on, and nothing measured.
     m = rec["metrics"]
     assert set(m) == {"predicted_memory_mb", "predicted_memory"}, m
     assert m["predicted_memory_mb"] == m["predicted_memory"]["total_mb"] > 0.0001 * 1024
     assert_no_training(run_dir)
     assert not (run_dir / "checkpoints").exists()
-    assert tunegrid_lines(proc.stderr) == [f"tunegrid: run skipped_oom: {rec['error']} (record: {run_dir / RECORD})"]
+    assert tunegrid_lines(proc.stderr) == [
+        f"tunegrid: run skipped_oom: {rec['error']} (record: {run_dir / RECORD})"
+    ]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -293,9 +343,12 @@ def data_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
     good = [json.dumps({"instruction": "Say hi.", "input": "", "output": "hello there"}) for _ in range(40)]
     (d / "long_answers.jsonl").write_text("\n".join(good) + "\n")
-    (d / "malformed.jsonl").write_text("\n".join([*good[:2], '{"instruction": "x", "input": ', *good[2:5]]) + "\n")
+    (d / "malformed.jsonl").write_text(
+        "\n".join([*good[:2], '{"instruction": "x", "input": ', *good[2:5]]) + "\n"
+    )
     (d / "no_output.jsonl").write_text(
-        "".join(json.dumps({"instruction": "a", "input": "b", "answer": "c"}) + "\n" for _ in range(20)))
+        "".join(json.dumps({"instruction": "a", "input": "b", "answer": "c"}) + "\n" for _ in range(20))
+    )
     return d
 
 
@@ -305,7 +358,8 @@ def no_bitsandbytes(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("nobnb")
     (d / "bitsandbytes").mkdir()
     (d / "bitsandbytes" / "__init__.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'bitsandbytes'\", name='bitsandbytes')\n")
+        "raise ModuleNotFoundError(\"No module named 'bitsandbytes'\", name='bitsandbytes')\n"
+    )
     return d
 
 
@@ -323,45 +377,74 @@ FAST_ROWS = [
     ("lr_schedule=nope", ["lr_schedule=nope"], None),
     ("model=nope", ["model=nope"], None),
     ("data=nope", ["data=nope"], None),
-    ("rank=2.5", ["rank=2.5"],
-     f"tunegrid: error: rank=2.5: must be an integer ≥ 1 and ≤ {TINY.hidden_size} "
-     f"(the model's hidden size is {TINY.hidden_size})"),
-    ("rank=129", ["method=lora", "rank=129"],
-     f"tunegrid: error: rank=129: must be an integer ≥ 1 and ≤ {TINY.hidden_size} "
-     f"(the model's hidden size is {TINY.hidden_size})"),
+    (
+        "rank=2.5",
+        ["rank=2.5"],
+        f"tunegrid: error: rank=2.5: must be an integer ≥ 1 and ≤ {TINY.hidden_size} "
+        f"(the model's hidden size is {TINY.hidden_size})",
+    ),
+    (
+        "rank=129",
+        ["method=lora", "rank=129"],
+        f"tunegrid: error: rank=129: must be an integer ≥ 1 and ≤ {TINY.hidden_size} "
+        f"(the model's hidden size is {TINY.hidden_size})",
+    ),
     ("alpha=-1", ["alpha=-1"], "tunegrid: error: alpha=-1.0: must be a number > 0"),
     ("lr=0", ["lr=0"], "tunegrid: error: lr=0.0: must be a number > 0"),
     ("lr=abc", ["lr=abc"], "tunegrid: error: lr='abc': must be a number > 0"),
-    ("frozen_blocks=-1", ["frozen_blocks=-1"],
-     f"tunegrid: error: frozen_blocks=-1: must be an integer ≥ 0 and ≤ {TINY.num_layers} "
-     f"(model=tiny has {TINY.num_layers} blocks)"),
-    ("max_seq_len>context", ["data.max_seq_len=1024"],
-     f"tunegrid: error: data.max_seq_len=1024: must be an integer ≥ 8 and ≤ {TINY.context_length} "
-     f"(model=tiny has a context of {TINY.context_length} tokens)"),
-    ("adamw_8bit-without-bitsandbytes", ["optim=adamw_8bit", "@NOBNB"],
-     "tunegrid: error: optim=adamw_8bit: needs bitsandbytes, which is not installed "
-     "(pip install 'bitsandbytes>=0.45')"),
+    (
+        "frozen_blocks=-1",
+        ["frozen_blocks=-1"],
+        f"tunegrid: error: frozen_blocks=-1: must be an integer ≥ 0 and ≤ {TINY.num_layers} "
+        f"(model=tiny has {TINY.num_layers} blocks)",
+    ),
+    (
+        "max_seq_len>context",
+        ["data.max_seq_len=1024"],
+        f"tunegrid: error: data.max_seq_len=1024: must be an integer ≥ 8 and ≤ {TINY.context_length} "
+        f"(model=tiny has a context of {TINY.context_length} tokens)",
+    ),
+    (
+        "adamw_8bit-without-bitsandbytes",
+        ["optim=adamw_8bit", "@NOBNB"],
+        "tunegrid: error: optim=adamw_8bit: needs bitsandbytes, which is not installed "
+        "(pip install 'bitsandbytes>=0.45')",
+    ),
     # An output folder that cannot be created: under /proc, or under a regular file (chmod does not stop root).
     ("run-dir-in-proc", ["hydra.run.dir=/proc/tunegrid-x"], "@UNWRITABLE /proc/tunegrid-x"),
-    ("run-dir-under-a-file", ["hydra.run.dir=@DATA/long_answers.jsonl/run"], "@UNWRITABLE @DATA/long_answers.jsonl/run"),
+    (
+        "run-dir-under-a-file",
+        ["hydra.run.dir=@DATA/long_answers.jsonl/run"],
+        "@UNWRITABLE @DATA/long_answers.jsonl/run",
+    ),
 ]
 # Found only once the data are read, after the model libraries load (about 10 s a run): run as one grid,
 # whose cells print the same line a single run prints (a single run exits 2, like the rows above).
 DATA_ROWS = [
-    ("missing-data-file", "missing.jsonl",
-     "tunegrid: error: data.path='@DATA/missing.jsonl': no such file"),
-    ("malformed-jsonl-line", "malformed.jsonl",
-     "tunegrid: error: data.path='@DATA/malformed.jsonl': line 3 is not valid JSON (Expecting value)"),
-    ("fields-missing", "no_output.jsonl",
-     "tunegrid: error: data=synthetic: data.path='@DATA/no_output.jsonl' lacks field(s) output "
-     "(found: instruction, input, answer)"),
-    ("empty-after-filtering", "long_answers.jsonl",  # with data.max_response_chars=5, for every cell
-     "tunegrid: error: data=synthetic: no records left after filtering: none of the 40 records in "
-     "data.path='@DATA/long_answers.jsonl' have a response of at most 5 characters (data.max_response_chars=5)"),
+    ("missing-data-file", "missing.jsonl", "tunegrid: error: data.path='@DATA/missing.jsonl': no such file"),
+    (
+        "malformed-jsonl-line",
+        "malformed.jsonl",
+        "tunegrid: error: data.path='@DATA/malformed.jsonl': line 3 is not valid JSON (Expecting value)",
+    ),
+    (
+        "fields-missing",
+        "no_output.jsonl",
+        "tunegrid: error: data=synthetic: data.path='@DATA/no_output.jsonl' lacks field(s) output "
+        "(found: instruction, input, answer)",
+    ),
+    (
+        "empty-after-filtering",
+        "long_answers.jsonl",  # with data.max_response_chars=5, for every cell
+        "tunegrid: error: data=synthetic: no records left after filtering: none of the 40 records in "
+        "data.path='@DATA/long_answers.jsonl' have a response of at most 5 characters (data.max_response_chars=5)",
+    ),
 ]
 
 
-def run_bad_row(tmp_path: Path, overrides: list[str], expected: str | None, data_dir: Path, nobnb: Path | None):
+def run_bad_row(
+    tmp_path: Path, overrides: list[str], expected: str | None, data_dir: Path, nobnb: Path | None
+):
     earlier = earlier_run(tmp_path)
     before = tree_digest(earlier)
     run_dir = tmp_path / "bad"
@@ -389,14 +472,17 @@ def run_bad_row(tmp_path: Path, overrides: list[str], expected: str | None, data
             assert re.search(rf"^\s*{re.escape(choice)}\s*$", proc.stderr, re.M), (choice, proc.stderr)
     elif expected.startswith("@UNWRITABLE"):
         folder = expected.split(" ", 1)[1].replace("@DATA", str(data_dir))
-        assert len(lines) == 1 and lines[0].startswith("tunegrid: error: ") and folder in lines[0], proc.stderr
+        assert len(lines) == 1 and lines[0].startswith("tunegrid: error: ") and folder in lines[0], (
+            proc.stderr
+        )
     else:
         assert lines == [expected.replace("@DATA", str(data_dir))], proc.stderr
         assert proc.returncode == 2
         if (run_dir / RECORD).exists():  # the run's own record says why it did not run
             rec = record(run_dir)
-            assert rec["status"] == "invalid" and rec["error"] == expected.removeprefix("tunegrid: error: ").replace(
-                "@DATA", str(data_dir)), rec
+            assert rec["status"] == "invalid" and rec["error"] == expected.removeprefix(
+                "tunegrid: error: "
+            ).replace("@DATA", str(data_dir)), rec
         assert_no_training(run_dir)
     assert tree_digest(earlier) == before  # an earlier run's record and checkpoints are untouched
     return seconds
@@ -430,10 +516,18 @@ def bad_data_grid(tmp_path_factory, data_dir):
     before = tree_digest(earlier)
     sweep = tmp / "grid"
     paths = ",".join(str(data_dir / f) for _, f, _ in DATA_ROWS)
-    proc = run_cli(f"data.path={paths}", "data.max_response_chars=5", "logger=none", f"hydra.sweep.dir={sweep}",
-                   "-m", timeout=600)
-    recs = {Path(r["config"]["data"]["path"]).name: r for r in map(json.loads, (
-        p.read_text() for p in sweep.glob(f"*/{RECORD}")))}
+    proc = run_cli(
+        f"data.path={paths}",
+        "data.max_response_chars=5",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        "-m",
+        timeout=600,
+    )
+    recs = {
+        Path(r["config"]["data"]["path"]).name: r
+        for r in map(json.loads, (p.read_text() for p in sweep.glob(f"*/{RECORD}")))
+    }
     return SimpleNamespace(proc=proc, recs=recs, earlier_changed=tree_digest(earlier) != before)
 
 
@@ -466,8 +560,10 @@ def test_wandb_online_failure_falls_back_to_offline(budget_run):
     proc, run_dir = budget_run.proc, budget_run.run_dir
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     no_traceback(proc)
-    assert any(ln.startswith("tunegrid: W&B online init failed (CommError); logging offline instead")
-               for ln in tunegrid_lines(proc.stderr))
+    assert any(
+        ln.startswith("tunegrid: W&B online init failed (CommError); logging offline instead")
+        for ln in tunegrid_lines(proc.stderr)
+    )
     assert record(run_dir)["status"] == "success"
     offline = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0, list((run_dir / "wandb").iterdir())
@@ -478,10 +574,15 @@ def test_wandb_online_failure_falls_back_to_offline(budget_run):
 @pytest.mark.slow
 def test_wandb_fallback_is_prompt_with_default_settings(tmp_path):
     run_dir = tmp_path / "run"
-    env = {"WANDB_MODE": "online", "WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",
-           "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}"}
+    env = {
+        "WANDB_MODE": "online",
+        "WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",
+        "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}",
+    }
     t0 = time.perf_counter()
-    proc = run_cli(*short("trainer.max_steps=2", "logger=wandb"), f"hydra.run.dir={run_dir}", env=env, timeout=600)
+    proc = run_cli(
+        *short("trainer.max_steps=2", "logger=wandb"), f"hydra.run.dir={run_dir}", env=env, timeout=600
+    )
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0 and "logging offline instead" in proc.stderr, proc.stderr[-2000:]
     assert seconds < 60, f"a 2-step run with W&B unreachable took {seconds:.0f} s"
