@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 
 include sweeps/sweeps.mk
 
-.PHONY: help install run test test-fast lint clean
+.PHONY: help install run test test-fast lint bench bench-quick clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ test-fast: ## the fast tiers only (config + unit), a few minutes
 lint: ## ruff
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+bench: ## the benchmark (about 10 min on 2 cores): writes benchmarks/results/<host>-<date>.json and prints the table
+	$(PY) benchmarks/bench.py $(ARGS)
+
+bench-quick: ## the benchmark with one small repetition per contender (about 2 min)
+	$(PY) benchmarks/bench.py --quick $(ARGS)
 
 clean: ## remove run outputs and caches (keeps multirun/.gitkeep)
 	rm -rf outputs .cache .pytest_cache .ruff_cache wandb

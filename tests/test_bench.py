@@ -87,9 +87,14 @@ def test_batching_modes_give_the_loss_of_unpadded_examples(mode):
             assert "attention_mask" not in batch and batch["input_ids"].shape == (1, 29)
             assert batch["position_ids"][0, :6].tolist() == [0, 1, 2, 3, 4, 0]
         if mode == "packing":  # rows of <= 16 tokens, first-fit decreasing: [12 + 3], [9 + 5 + 1 padding]
-            assert "attention_mask" not in batch and batch["input_ids"].shape == (2, 15)
+            assert (
+                batch["input_ids"].shape == (2, 15) and batch["attention_mask"].sum() == 29
+            )  # the real tokens
             assert batch["position_ids"][1].tolist() == [*range(9), *range(5), 0]
             assert shim.real_tokens_of_packed(batch["position_ids"], batch["labels"]) == 29
+            leaky = model(**batch, use_cache=False).loss.item()  # the 2-D mask reaching the model: rows leak
+            assert abs(leaky - reference) > 1e-3
+            model.register_forward_pre_hook(shim.drop_packed_attention_mask, with_kwargs=True)
         if mode == "pad_to_max":
             assert batch["input_ids"].shape == (4, 16)
         loss = model(**batch, use_cache=False).loss.item()  # the Trainer sets config.use_cache=False; a cache

@@ -1,0 +1,1 @@
+"""tunegrid benchmarks: `make bench` (benchmarks/bench.py); see benchmarks/README.md."""
