@@ -18,31 +18,8 @@ from __future__ import annotations
 import math
 import random
 
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "tiger",
-    "piano",
-    "garden",
-    "silver",
-    "window",
-    "rocket",
-    "forest",
-    "candle",
-    "ocean",
-    "pepper",
-    "marble",
-    "violet",
-    "castle",
-    "dragon",
-    "summer",
-    "winter",
-    "basket",
-    "orange",
-    "planet",
-]
+from src.data import _WORDS as WORDS  # the synthetic task's vocabulary, so the tiny BPE knows them
+
 MEDIAN_CONTENT_TOKENS = 60  # input + output tokens; the template adds ~50
 SIGMA = 0.75
 TOKENS_PER_ITEM = {"digit": 1.0, "word": 2.6}  # the tiny model's BPE: " 7" is one token, a word ~2.6
