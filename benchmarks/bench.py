@@ -476,13 +476,8 @@ def plain_argv(cfg, model: str, records: Path, out: Path, method: str, steps: in
 # --------------------------------------------------------------------------- sections
 
 
-def pin_dynamic_batching() -> list[str]:
-    """The override that keeps the framework on dynamic padding (what the plain script does), once it has a
-    batching switch whose default may be another."""
-    from benchmarks.shim import framework_batching_key
-
-    key = framework_batching_key()
-    return [f"{key}=dynamic"] if key else []
+# The plain script pads each batch to its longest example: the framework does the same in the overhead section.
+PIN_DYNAMIC = ("trainer.batching=dynamic",)
 
 
 def section_overhead(b: Bench, prof: Profile) -> dict[str, Any]:
@@ -492,7 +487,7 @@ def section_overhead(b: Bench, prof: Profile) -> dict[str, Any]:
         *prof.model,
         "method=lora",
         f"trainer.batch_size={prof.batch_size}",
-        *pin_dynamic_batching(),
+        *PIN_DYNAMIC,
     ]
     cfg = compose(common)
     model = model_folder(cfg)  # the cached tiny build (or the profile's folder)
@@ -1225,6 +1220,16 @@ def main(argv: list[str] | None = None) -> int:
         profiles.append(Profile(name="tiny" if gpu else "tiny-cpu", batching_model=TINY_512))
     if "medium" in wanted:
         profiles.append(medium_profile(bench))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    date = datetime.now().strftime("%Y-%m-%d")
+    path = out_dir / f"{platform.node() or 'host'}-{date}{'-quick' if args.quick else ''}.json"
+
+    def write() -> None:  # after every section too: a bench stopped by a time limit keeps what it measured
+        tmp_path = path.with_name(path.name + ".tmp")
+        tmp_path.write_text(json.dumps(result, indent=1, default=str))
+        tmp_path.replace(path)
+
     for prof in profiles:
         out: dict[str, Any] = {}
         result["profiles"][prof.name] = out
@@ -1243,6 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 out[name] = {"error": f"{type(e).__name__}: {e}"}
             out[name]["section_s"] = time.perf_counter() - t0
+            write()
     result["environment"]["loadavg_end"] = os.getloadavg()
     result["total_s"] = time.perf_counter() - started
     result["ended_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -1259,13 +1265,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print_section(f"{pname} {sname}", res)
 
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    date = datetime.now().strftime("%Y-%m-%d")
-    path = out_dir / f"{platform.node() or 'host'}-{date}{'-quick' if args.quick else ''}.json"
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text(json.dumps(result, indent=1, default=str))
-    tmp_path.replace(path)
+    write()
     print(f"\nwrote {path}")
     if args.keep:
         print(f"run folders and logs kept in {tmp}")

@@ -6,11 +6,9 @@ options; it changes nothing on disk.
 
 is exactly `python -m src.run [hydra overrides ...]` (run with runpy as __main__), with, in this process:
 
-* --batching MODE: the collator (src.data.collator) and the Trainer's sampler follow MODE. Once the
-  framework has its own switch (a `batching` key in conf/trainer/default.yaml or conf/data/alpaca.yaml),
-  MODE is passed to it as `trainer.batching=MODE` / `data.batching=MODE` instead and nothing is patched
-  (for pad_to_max, dynamic, packing, group_by_length; the other modes stay prototypes here, patched over the
-  framework's `dynamic`).
+* --batching MODE: pad_to_max, dynamic, packing and group_by_length are the framework's own modes, passed
+  on as `trainer.batching=MODE` with nothing patched; the other modes are prototypes: the collator
+  (src.data.collator) and the Trainer's sampler are patched to follow MODE over `trainer.batching=dynamic`.
 * --attn IMPL: model.set_attn_implementation(IMPL) before the method is applied (sdpa, eager, ...).
 * --ta KEY=JSON: TrainingArguments.KEY = JSON value (e.g. --ta torch_compile=true).
 * always: a forward pre-hook on the trained model counts, in training mode only, the tokens the model
@@ -19,9 +17,10 @@ is exactly `python -m src.run [hydra overrides ...]` (run with runpy as __main__
 
 Batching MODEs:
   pad_to_max       pad every example to data.max_seq_len (the common practice)
-  dynamic          pad to the longest example of each batch (the framework's collator today)
+  dynamic          pad to the longest example of each batch
   packing          the same batches as dynamic, each batch's examples packed first-fit-decreasing into rows
-                   of at most data.max_seq_len tokens (PackedRows); position ids restart at 0 for every
+                   of at most data.max_seq_len tokens (src.data.PackedRows, the framework's default);
+                   position ids restart at 0 for every
                    example and no attention mask is passed, so transformers builds a block-diagonal causal
                    mask (sdpa, eager; flash attention gets the boundaries): examples never see each other
                    and the loss is that of dynamic padding, with far less padding
@@ -48,7 +47,7 @@ from typing import Any
 
 MODES = ("pad_to_max", "dynamic", "packing", "flatten", "group_by_length", "bucketed", "group_by_length_tw")
 IGNORE_INDEX = -100
-FRAMEWORK_MODES = ("pad_to_max", "dynamic", "packing", "group_by_length")  # passed on once it has the switch
+FRAMEWORK_MODES = ("pad_to_max", "dynamic", "packing", "group_by_length")  # trainer.batching: passed on
 
 
 def make_collator(mode: str, tokenizer, max_seq_len: int):
@@ -68,74 +67,12 @@ def make_collator(mode: str, tokenizer, max_seq_len: int):
             tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"
         )
     if mode == "packing":
+        from src.data import PackedRows
+
         return PackedRows(tokenizer.pad_token_id, int(max_seq_len))
     if mode == "flatten":  # keeps input_ids, labels (-100 at each example's first token), position_ids only
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
     raise ValueError(f"unknown batching mode {mode!r}; one of {', '.join(MODES)}")
-
-
-class PackedRows:
-    """Pack a batch's examples into rows of at most `max_len` tokens (first-fit decreasing).
-
-    Returns input_ids, labels, position_ids and attention_mask, [rows, longest row]. Position ids restart at
-    0 for every example, and for the padding at the end of a row (its own segment); the first label of every
-    example is IGNORE_INDEX (the previous example's last token must not predict it). The attention mask
-    marks the real tokens so that the Trainer counts them (include_num_input_tokens_seen="non_padding"),
-    but it must not reach the model: `drop_packed_attention_mask`, a forward pre-hook, removes it, and
-    transformers then derives a block-diagonal causal mask from the position ids
-    (masking_utils.find_packed_sequence_indices), so examples attend only to themselves.
-    """
-
-    def __init__(self, pad_token_id: int, max_len: int):
-        self.pad = int(pad_token_id)
-        self.max_len = int(max_len)
-
-    def rows(self, lengths: list[int]) -> list[list[int]]:
-        """Example indices per row: first-fit decreasing into bins of max_len."""
-        bins: list[list[int]] = []
-        room: list[int] = []
-        for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
-            for b, free in enumerate(room):
-                if lengths[i] <= free:
-                    bins[b].append(i)
-                    room[b] -= lengths[i]
-                    break
-            else:
-                bins.append([i])
-                room.append(self.max_len - lengths[i])
-        return bins
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        ids_of = [list(f["input_ids"]) for f in features]
-        labels_of = [list(f["labels"]) if "labels" in f else list(f["input_ids"]) for f in features]
-        rows = []
-        for members in self.rows([len(x) for x in ids_of]):
-            ids, labels, pos = [], [], []
-            for i in members:
-                ids += ids_of[i]
-                labels += [IGNORE_INDEX] + labels_of[i][1:]
-                pos += list(range(len(ids_of[i])))
-            rows.append((ids, labels, pos))
-        width = max(len(r[0]) for r in rows)
-        out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "attention_mask": []}
-        for ids, labels, pos in rows:
-            pad = width - len(ids)
-            out["input_ids"].append(ids + [self.pad] * pad)
-            out["labels"].append(labels + [IGNORE_INDEX] * pad)
-            out["position_ids"].append(pos + list(range(pad)))
-            out["attention_mask"].append([1] * len(ids) + [0] * pad)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
-
-
-def drop_packed_attention_mask(module, args, kwargs):
-    """Forward pre-hook for packed batches: without the 2-D mask, transformers builds the per-example
-    (block-diagonal) causal mask from the restarting position ids. Register it on the trained model for
-    training and evaluation only, and remove it before generation (which passes its own mask and positions)."""
-    if kwargs.get("position_ids") is not None and kwargs.get("attention_mask") is not None:
-        kwargs = {k: v for k, v in kwargs.items() if k != "attention_mask"}
-    return args, kwargs
 
 
 def training_args_for(mode: str | None) -> dict[str, Any]:
@@ -260,22 +197,6 @@ def real_tokens_of_packed(position_ids, labels) -> int:
     return int(has_label[seg].sum())
 
 
-def framework_batching_key() -> str | None:
-    """The framework's own batching switch once it has one (`trainer.batching` or `data.batching`), else None."""
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    for key, path in (
-        ("trainer.batching", conf / "trainer" / "default.yaml"),
-        ("data.batching", conf / "data" / "alpaca.yaml"),
-    ):
-        if path.is_file() and "batching" in OmegaConf.load(path):
-            return key
-    return None
-
-
 def install(
     batching: str | None, attn: str | None, training_args: dict[str, Any], counts_path: str | None
 ) -> list[str]:
@@ -291,8 +212,6 @@ def install(
             model.set_attn_implementation(attn)
         model = apply(model, *args, **kwargs)
         model.register_forward_pre_hook(counter, with_kwargs=True)  # first: it reads the packed rows' mask
-        if batching == "packing" and not (framework_batching_key() and batching in FRAMEWORK_MODES):
-            model.register_forward_pre_hook(drop_packed_attention_mask, with_kwargs=True)
         return model
 
     src.methods.apply = apply_and_count
@@ -306,12 +225,10 @@ def install(
 
     overrides: list[str] = []
     extra = dict(training_args)
-    key = framework_batching_key() if batching else None
-    if batching and key and batching in FRAMEWORK_MODES:
-        overrides.append(f"{key}={batching}")
-    elif batching:
-        if key:  # a prototype the framework lacks: the framework stays on plain dynamic padding underneath
-            overrides.append(f"{key}=dynamic")
+    if batching in FRAMEWORK_MODES:
+        overrides.append(f"trainer.batching={batching}")
+    elif batching:  # a prototype the framework lacks, over the framework's plain dynamic padding
+        overrides.append("trainer.batching=dynamic")
         extra = {**training_args_for(batching), **extra}
         max_len: dict[str, int] = {}
         collator, build = src.data.collator, src.data.build

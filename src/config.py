@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BATCHINGS = ("auto", "packing", "dynamic", "group_by_length", "pad_to_max")
 
 
 class ConfigError(ValueError):
@@ -148,6 +149,7 @@ def rules_for(cfg: DictConfig) -> list[Rule]:
         Rule("trainer.max_steps", int, lo=-1),
         Rule("trainer.max_grad_norm", float, lo=0),
         Rule("trainer.precision", str, choices=PRECISIONS),
+        Rule("trainer.batching", str, choices=BATCHINGS),
         Rule("trainer.eval_every", int, lo=1),
         Rule("trainer.logging_steps", int, lo=1),
         Rule("trainer.early_stopping_patience", int, lo=1, optional=True),
@@ -201,6 +203,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"frozen_blocks={cfg.frozen_blocks}: with method={method.name} at least one of the "
             f"{cfg.model.num_layers} blocks must stay unfrozen to carry adapters"
         )
+    batching_mode(cfg)
     opt = cfg.optim.optimizer
     if opt.get("nesterov") and not float(opt.get("momentum") or 0) > 0:
         raise ConfigError(f"optim.optimizer.momentum={opt.get('momentum')}: Nesterov SGD needs momentum > 0")
@@ -223,6 +226,25 @@ def validate(cfg: DictConfig) -> DictConfig:
     except Exception as e:
         raise ConfigError(f"config cannot be resolved: {str(e).splitlines()[0]}") from None
     return resolved
+
+
+def batching_mode(cfg: DictConfig) -> str:
+    """trainer.batching for this run. auto: packing, or dynamic where packing cannot apply: classification
+    (one label per example) and prompt learning (PEFT prepends its virtual tokens to every row and drops
+    position ids, so packed examples would see each other)."""
+    mode = str(cfg.trainer.batching)
+    prompt_learning = (cfg.method.get("peft") or {}).get("num_virtual_tokens") is not None
+    classification = bool(cfg.data.get("label_field"))
+    if mode == "auto":
+        return "dynamic" if prompt_learning or classification else "packing"
+    if mode == "packing" and (prompt_learning or classification):
+        why = (
+            f"method={cfg.method.name} prepends virtual tokens to every row and ignores position ids"
+            if prompt_learning
+            else f"data={cfg.data.name} has one label per example"
+        )
+        raise ConfigError(f"trainer.batching=packing: {why}; use trainer.batching=dynamic (or auto)")
+    return mode
 
 
 def _importable(module: str) -> bool:

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src import records
-from src.config import ConfigError, cache_dir, flatten, validate
+from src.config import ConfigError, batching_mode, cache_dir, flatten, validate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -183,6 +183,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         )
     model = methods.apply(model, cfg, bool(t.gradient_checkpointing), path)
     counts = methods.count_params(model)
+    batching = batching_mode(cfg)
     predicted = metrics.predict_memory_mb(model, cfg, precision)
     metrics.check_fits(predicted, cfg.sweep)  # raises SkippedOOM with sweep.skip_predicted_oom
 
@@ -254,6 +255,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
             seed=int(t.seed),
             data_seed=int(t.seed),
             include_num_input_tokens_seen="non_padding",
+            train_sampling_strategy="group_by_length" if batching == "group_by_length" else "random",
             dataloader_num_workers=int(t.num_workers),
             disable_tqdm=True,
             use_cpu=not torch.cuda.is_available(),
@@ -276,10 +278,15 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         if t.token_budget:
             callbacks_.append(callbacks.TokenBudget(int(t.token_budget)))
         loss_watch = callbacks.LossWatch(model, debug.get("nan_at_step"))
+        packed = (
+            model.register_forward_pre_hook(data.drop_packed_attention_mask, with_kwargs=True)
+            if batching == "packing"
+            else None
+        )
         trainer = Trainer(
             model=model,
             args=args,
-            data_collator=data.collator(tokenizer, cfg.data),
+            data_collator=data.collator(tokenizer, cfg.data, batching),
             compute_metrics=None if cfg.task.generates_text else _accuracy,
             train_dataset=splits["train"],
             eval_dataset=splits["validation"],
@@ -319,6 +326,13 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         out["predicted_memory_mb"] = predicted["total_mb"]
         out["predicted_memory"] = predicted
         state = trainer.state
+        # Evaluation inside trainer.train() (every eval_every steps, and at the last step under
+        # eval_strategy="steps") counts in train_runtime; tokens/s is over the training time alone.
+        eval_in_train_s = sum(
+            float(h.get("eval_runtime", 0.0))
+            for h in state.log_history
+            if "eval_loss" in h and h.get("step", 0) > logger_cb.start_step
+        )
         last_eval = [h for h in state.log_history if "eval_loss" in h]
         if last_eval and last_eval[-1].get("step") == state.global_step:
             final = last_eval[-1]  # the Trainer already evaluated at the last step
@@ -345,10 +359,12 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
             test_perplexity=math.exp(min(out["test_loss"], 50.0)) if "test_loss" in out else None,
             tokens_trained=int(state.num_input_tokens_seen),
             # this session's tokens over this session's time (a resumed run counts only what it trained)
-            tokens_per_s=(state.num_input_tokens_seen - logger_cb.start_tokens) / runtime
-            if runtime > 0
+            tokens_per_s=(state.num_input_tokens_seen - logger_cb.start_tokens) / (runtime - eval_in_train_s)
+            if runtime - eval_in_train_s > 0
             else 0.0,
             train_runtime_s=runtime,
+            eval_in_train_s=eval_in_train_s,
+            batching=batching,
             time_per_epoch_s=runtime / epochs_done if epochs_done > 0 else None,
             steps=int(state.global_step),
             epochs=epochs_done,
@@ -358,6 +374,9 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
             precision=precision,
             **methods.memory_split(trainer.model, getattr(trainer.optimizer, "optimizer", trainer.optimizer)),
         )
+
+        if packed is not None:
+            packed.remove()  # generation below passes its own attention mask and positions
 
         # 6. Forgetting, generations on test prompts (samples.jsonl + W&B table), task / reward / judge metrics.
         extra: dict[str, float] = {}

@@ -3,6 +3,8 @@ for the end-to-end tier. Every test writes its own data; nothing depends on ../s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from omegaconf import DictConfig
 
 import src.config  # noqa: F401  (registers the tg.* resolvers)
 from src.config import CONF_DIR, REPO_ROOT
+from src.records import RECORD
 
 # A shared cache for the whole session: the tiny model and tokenised data are built once.
 SESSION_CACHE = Path(os.environ.get("TUNEGRID_TEST_CACHE", REPO_ROOT / ".cache" / "tests"))
@@ -42,6 +45,9 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
         "HF_HUB_OFFLINE": "1",
         "TUNEGRID_CACHE": str(SESSION_CACHE),
         "PYTHONUNBUFFERED": "1",
+        # One torch thread per subprocess unless the caller set OMP_NUM_THREADS: on a busy 2-core machine two
+        # OpenMP threads per run spend most of their time waiting for each other (a 3-cell grid: 40 s, not 14 s).
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         **(env or {}),
     }
     return subprocess.run(
@@ -76,3 +82,59 @@ def train_inprocess(run_dir: Path, *overrides: str):
     cfg = validate(compose_cfg(*QUICK, *overrides))
     run_dir.mkdir(parents=True, exist_ok=True)
     return train(cfg, run_dir, name=",".join(overrides) or "default", group="tests")
+
+
+# QUICK without generation, forgetting and the extra evaluations: resume and failure paths do not need them.
+_NO_EVAL = (
+    "eval.num_samples=0",
+    "eval.forgetting=false",
+    "eval.eval_before_training=false",
+    "eval.test_split=false",
+)
+BASE = (*(o for o in QUICK if o.split("=", 1)[0] not in {e.split("=", 1)[0] for e in _NO_EVAL}), *_NO_EVAL)
+
+
+def short(*extra: str) -> list[str]:
+    """BASE with keys replaced or added by `extra` ("key=value"; Hydra refuses a key given twice)."""
+    keys = {e.split("=", 1)[0].lstrip("+") for e in extra}
+    return [*(o for o in BASE if o.split("=", 1)[0] not in keys), *extra]
+
+
+def record(run_dir: Path) -> dict:
+    return json.loads((run_dir / RECORD).read_text())
+
+
+def no_traceback(proc: subprocess.CompletedProcess) -> None:
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out and 'File "' not in out, out[-3000:]
+
+
+def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
+    """path -> (sha256, mtime_ns) of every file under root."""
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def earlier_run(root: Path) -> Path:
+    """A finished run's folder (record, disk log, checkpoints) as an earlier `python -m src.run` leaves it."""
+    run = root / "earlier"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (run / RECORD).write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "status": "success",
+                "overrides": ["rank=4"],
+                "metrics": {"eval_loss": 1.5},
+            },
+            indent=2,
+        )
+    )
+    (run / "metrics.jsonl").write_text('{"step": 0, "eval/loss": 6.2}\n')
+    (run / "checkpoint" / "model.safetensors").write_bytes(b"\0" * 64)
+    (run / "checkpoints" / "checkpoint-5" / "model.safetensors").write_bytes(b"\1" * 64)
+    return run

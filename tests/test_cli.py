@@ -7,7 +7,6 @@ runs fail, and the default run itself."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -24,7 +23,7 @@ import pytest
 from src.config import CONF_DIR, REPO_ROOT, flatten
 from src.records import PACKAGES, RECORD
 from tests import wandb_reader
-from tests.conftest import QUICK, compose_cfg, run_cli
+from tests.conftest import QUICK, compose_cfg, earlier_run, no_traceback, run_cli, tree_digest
 
 TINY = compose_cfg().model
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
@@ -34,40 +33,6 @@ def quick(logger: str = "none", **replace: object) -> list[str]:
     """QUICK with another logger and some keys replaced (e.g. max_steps)."""
     out = [o for o in QUICK if not o.startswith("logger=") and o.split("=")[0] not in replace]
     return [*out, *(f"{k}={v}" for k, v in replace.items()), f"logger={logger}"]
-
-
-def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
-    """path -> (sha256, mtime_ns) of every file under root."""
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def earlier_run(root: Path) -> Path:
-    """A finished run's directory, as an earlier `python -m src.run` leaves it."""
-    run = root / "earlier"
-    (run / "checkpoint").mkdir(parents=True)
-    (run / RECORD).write_text(
-        json.dumps(
-            {
-                "schema_version": 1,
-                "status": "success",
-                "overrides": ["rank=4"],
-                "metrics": {"eval_loss": 1.5},
-            },
-            indent=2,
-        )
-    )
-    (run / "metrics.jsonl").write_text('{"step": 0, "eval/loss": 6.2}\n')
-    (run / "checkpoint" / "model.safetensors").write_bytes(b"\0" * 64)
-    return run
-
-
-def no_traceback(proc: subprocess.CompletedProcess) -> None:
-    out = proc.stdout + proc.stderr
-    assert "Traceback" not in out and 'File "' not in out, out
 
 
 def numeric(token: str) -> float | None:
@@ -88,6 +53,7 @@ BAD = [  # override, key, a fragment of "what is allowed"
     ("lr=nan", "lr", "> 0"),
     ("trainer.batch_size=0", "trainer.batch_size", "≥ 1"),
     ("frozen_blocks=99", "frozen_blocks", f"≤ {TINY.num_layers}"),
+    ("trainer.batching=bogus", "trainer.batching", "packing"),
 ]
 
 

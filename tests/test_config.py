@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import CONF_DIR, REPO_ROOT, ConfigError, flatten, validate
+from src.config import CONF_DIR, REPO_ROOT, ConfigError, batching_mode, flatten, validate
 from tests.conftest import compose_cfg
 
 # --------------------------------------------------------------------------- discovery
@@ -284,6 +284,7 @@ BAD = [
     ("trainer.max_steps=-2", "trainer.max_steps"),
     ("trainer.epochs=0", "trainer.epochs"),
     ("trainer.precision=fp64", "trainer.precision"),
+    ("trainer.batching=bogus", "trainer.batching"),
     ("trainer.eval_every=0", "trainer.eval_every"),
     ("trainer.early_stopping_patience=0", "trainer.early_stopping_patience"),
     ("lr_schedule.warmup_ratio=1.0", "lr_schedule.warmup_ratio"),
@@ -339,6 +340,40 @@ def test_boundary_values_are_accepted(override):
 def test_full_fine_tuning_may_freeze_every_block():
     cfg = validate(with_values(composed(), f"frozen_blocks={TINY.num_layers}"))
     assert cfg.frozen_blocks == TINY.num_layers
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (("method=lora",), "packing"),
+        (("method=full",), "packing"),
+        (("method=qlora",), "packing"),
+        (
+            ("method=prompt_tuning",),
+            "dynamic",
+        ),  # virtual tokens per row: packed examples would see each other
+        (("task=classification", "data=synthetic_classification"), "dynamic"),  # one label per example
+        (("method=lora", "trainer.batching=pad_to_max"), "pad_to_max"),
+        (("method=prompt_tuning", "trainer.batching=group_by_length"), "group_by_length"),
+    ],
+)
+def test_batching_auto_packs_where_packing_is_exact(overrides, expected):
+    assert batching_mode(validate(composed(*overrides))) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        (("method=prompt_tuning",), "method=prompt_tuning prepends virtual tokens"),
+        (("task=classification", "data=synthetic_classification"), "one label per example"),
+    ],
+)
+def test_explicit_packing_where_it_cannot_apply_fails_in_one_line(overrides, why):
+    with pytest.raises(ConfigError) as info:
+        validate(composed(*overrides, "trainer.batching=packing"))
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("trainer.batching=packing: ") and why in msg, msg
+    assert "trainer.batching=dynamic" in msg  # what to use instead
 
 
 def test_rank_bound_follows_the_model():

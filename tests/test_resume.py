@@ -27,46 +27,12 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.records import RECORD
-from tests.conftest import QUICK, SESSION_CACHE
-from tests.conftest import run_cli as _run_cli
-
-# One torch thread per subprocess unless the caller set OMP_NUM_THREADS: on a busy 2-core machine two OpenMP
-# threads per run spend most of their time waiting for each other (a 3-cell grid: 40 s instead of 14 s).
-THREADS = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-
-
-def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """tests.conftest.run_cli with THREADS in the environment."""
-    return _run_cli(*args, env={**THREADS, **(env or {})}, **kw)
-
-
-_EXTRA = (
-    "eval.num_samples=0",
-    "eval.forgetting=false",
-    "eval.eval_before_training=false",
-    "eval.test_split=false",
-)
-BASE = (*(o for o in QUICK if o.split("=", 1)[0] not in {e.split("=", 1)[0] for e in _EXTRA}), *_EXTRA)
-
-
-def short(*extra: str) -> list[str]:
-    """BASE with keys replaced or added by `extra` ("key=value"; Hydra refuses a key given twice)."""
-    keys = {e.split("=", 1)[0].lstrip("+") for e in extra}
-    return [*(o for o in BASE if o.split("=", 1)[0] not in keys), *extra]
-
-
-def record(run_dir: Path) -> dict:
-    return json.loads((run_dir / RECORD).read_text())
+from tests.conftest import SESSION_CACHE, no_traceback, record, run_cli, short
 
 
 def log_lines(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def no_traceback(proc: subprocess.CompletedProcess) -> None:
-    out = proc.stdout + proc.stderr
-    assert "Traceback" not in out and 'File "' not in out, out[-3000:]
 
 
 def popen_cli(*args: str, log: Path) -> subprocess.Popen:
@@ -78,7 +44,7 @@ def popen_cli(*args: str, log: Path) -> subprocess.Popen:
         "HF_HUB_OFFLINE": "1",
         "TUNEGRID_CACHE": str(SESSION_CACHE),
         "PYTHONUNBUFFERED": "1",
-        **THREADS,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
     with log.open("w") as out:
         return subprocess.Popen(

@@ -13,13 +13,10 @@ Resume, checkpoints and signals are in tests/test_resume.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import re
 import socket
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,39 +25,9 @@ import pytest
 
 from src.config import CONF_DIR
 from src.records import RECORD
-from tests.conftest import QUICK, compose_cfg
-from tests.conftest import run_cli as _run_cli
+from tests.conftest import compose_cfg, earlier_run, no_traceback, record, run_cli, short, tree_digest
 
 MB = 2**20
-
-# QUICK without generation, forgetting and the extra evaluations: the failure paths do not need them.
-# One torch thread per subprocess unless the caller set OMP_NUM_THREADS: on a busy 2-core machine two OpenMP
-# threads per run spend most of their time waiting for each other (a 3-cell grid: 40 s instead of 14 s).
-THREADS = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-
-
-def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """tests.conftest.run_cli with THREADS in the environment."""
-    return _run_cli(*args, env={**THREADS, **(env or {})}, **kw)
-
-
-_EXTRA = (
-    "eval.num_samples=0",
-    "eval.forgetting=false",
-    "eval.eval_before_training=false",
-    "eval.test_split=false",
-)
-BASE = (*(o for o in QUICK if o.split("=", 1)[0] not in {e.split("=", 1)[0] for e in _EXTRA}), *_EXTRA)
-
-
-def short(*extra: str) -> list[str]:
-    """BASE with keys replaced or added by `extra` ("key=value"; Hydra refuses a key given twice)."""
-    keys = {e.split("=", 1)[0].lstrip("+") for e in extra}
-    return [*(o for o in BASE if o.split("=", 1)[0] not in keys), *extra]
-
-
-def record(run_dir: Path) -> dict:
-    return json.loads((run_dir / RECORD).read_text())
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -68,44 +35,8 @@ def rows(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
 
 
-def no_traceback(proc: subprocess.CompletedProcess) -> None:
-    out = proc.stdout + proc.stderr
-    assert "Traceback" not in out and 'File "' not in out, out[-3000:]
-
-
 def tunegrid_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.startswith("tunegrid:")]
-
-
-def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
-    """path -> (sha256, mtime_ns) of every file under root."""
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def earlier_run(root: Path) -> Path:
-    """A finished run's folder (record, disk log, a checkpoint) as an earlier run leaves it."""
-    run = root / "earlier"
-    (run / "checkpoint").mkdir(parents=True)
-    (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
-    (run / RECORD).write_text(
-        json.dumps(
-            {
-                "schema_version": 1,
-                "status": "success",
-                "overrides": ["rank=4"],
-                "metrics": {"eval_loss": 1.5},
-            },
-            indent=2,
-        )
-    )
-    (run / "metrics.jsonl").write_text('{"step": 0, "eval/loss": 6.2}\n')
-    (run / "checkpoint" / "model.safetensors").write_bytes(b"\0" * 64)
-    (run / "checkpoints" / "checkpoint-5" / "model.safetensors").write_bytes(b"\1" * 64)
-    return run
 
 
 def assert_no_training(run_dir: Path) -> None:
