@@ -307,7 +307,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
             print(f"tunegrid: resuming from {resume}")
         stop_on_signal.install()
         try:
-            result = trainer.train(resume_from_checkpoint=resume)
+            result = _finished_at(trainer, resume, logger_cb) or trainer.train(resume_from_checkpoint=resume)
         except BaseException as e:
             e.step_reached = trainer.state.global_step + 1  # the step in progress, for the record
             raise
@@ -404,6 +404,25 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         raise
     close(summary)
     return out, records.env_info(device), trainer
+
+
+def _finished_at(trainer, resume: str | None, logger_cb):
+    """A checkpoint already at max_steps (the run was killed after its last checkpoint, say during the final
+    evaluation): the Trainer resumed from it would train one step past max_steps, so load its weights and
+    state instead of training. Returns the TrainOutput trainer.train would, or None when steps are left."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    if not resume or trainer.args.max_steps <= 0:
+        return None
+    state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+    if state.global_step < trainer.args.max_steps:
+        return None
+    trainer._load_from_checkpoint(resume)  # what train(resume_from_checkpoint=) loads: weights or adapter
+    trainer.state = state
+    logger_cb.start_step, logger_cb.start_tokens = state.global_step, state.num_input_tokens_seen
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    return TrainOutput(state.global_step, losses[-1] if losses else float("nan"), {"train_runtime": 0.0})
 
 
 def _accuracy(pred) -> dict[str, float]:

@@ -323,15 +323,11 @@ def after_baseline(baseline):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: transformers' Trainer resumed from a checkpoint at max_steps "
-    "trains one more step; tunegrid does not yet skip training in that case",
-)
 def test_run_killed_after_its_last_checkpoint_ends_at_max_steps(baseline, after_baseline):
     proc, rec = after_baseline.lost, after_baseline.lost_rec
     assert proc.returncode == 0 and rec and rec["status"] == "success", proc.stderr[-2000:]
     assert f"tunegrid: resuming from {baseline.run_dir / 'checkpoints' / 'checkpoint-15'}" in proc.stdout
+    assert not re.search(r"step\s+\d+ train/loss=", proc.stdout), proc.stdout[-2000:]  # nothing left to train
     same_result(baseline.metrics, rec["metrics"])
 
 
