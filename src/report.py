@@ -151,6 +151,7 @@ _NOT_TASK = {
     "steps_per_second",
     "epoch",
     "tokens_seen",
+    "in_train_s",  # eval_in_train_s: evaluation time inside training, taken out of tokens/s
 }
 _LOWER_WORDS = ("loss", "perplexity", "ppl", "error", "forgetting", "wer", "ter_")
 

@@ -327,6 +327,7 @@ def test_task_metrics_become_columns(tmp_path):
         and not report.task_metric("test/reward").lower_is_better
     )
     assert not report._is_task_key("eval/generic_loss_before") and not report._is_task_key("test_loss")
+    assert not report._is_task_key("eval_in_train_s")  # a timing, not task quality
 
 
 def test_failed_and_invalid_runs_listed(tmp_path):

@@ -43,6 +43,7 @@ EXPECTED = {
     "model_sizes": {"model": ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"], "method": ["full", "lora"]},
     "frozen_blocks": {"method": ["full", "lora"], "frozen_blocks": [0, 1, 2, 3, 4]},
     "batch": {"trainer.batch_size": [4, 8, 16, 32]},
+    "batching": {"trainer.batching": ["pad_to_max", "dynamic", "packing", "group_by_length"]},
 }
 
 
