@@ -1,4 +1,4 @@
-"""Cost metrics measured around training: peak memory and what a checkpoint weighs on disk."""
+"""Cost metrics measured around training: peak memory, padding, and what a checkpoint weighs on disk."""
 
 from __future__ import annotations
 
@@ -33,6 +33,28 @@ def peak_memory_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class PaddingCounter:
+    """Forward pre-hook: the tokens the model processed in training and how many were real (the attention
+    mask's ones). Registered before the packed-rows hook, which drops that mask. The real-token sum stays on
+    the device, so counting adds no synchronisation to a step."""
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.real: torch.Tensor | int = 0
+
+    def __call__(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not module.training or ids is None:
+            return
+        mask = kwargs.get("attention_mask")
+        self.processed += ids.numel()
+        self.real = self.real + (mask.sum() if mask is not None and mask.dim() == 2 else ids.numel())
+
+    def share(self) -> float | None:
+        """Padding tokens / processed tokens (None before any training step)."""
+        return 1.0 - float(self.real) / self.processed if self.processed else None
 
 
 def weight_bytes(folder: Path) -> int:

@@ -124,6 +124,7 @@ TABLE_METRICS: tuple[Metric, ...] = (
     Metric("trainable_params", "trainable params", fmt_count, True),
     Metric("trainable_pct", "trainable %", fmt_sig, True),
     Metric("tokens_per_s", "tokens/s", fmt_rate, False),
+    Metric("padding_share", "padding share", fmt_2, True, "padding tokens / tokens processed"),
     Metric("time_per_epoch_s", "time/epoch", fmt_seconds, True, "time/epoch (s)"),
     Metric("peak_memory_mb", "peak memory", fmt_mb, True, "peak memory (MiB)"),
     Metric(

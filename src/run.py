@@ -278,6 +278,8 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
         if t.token_budget:
             callbacks_.append(callbacks.TokenBudget(int(t.token_budget)))
         loss_watch = callbacks.LossWatch(model, debug.get("nan_at_step"))
+        padding = metrics.PaddingCounter()
+        model.register_forward_pre_hook(padding, with_kwargs=True)  # first: it reads the mask packing drops
         packed = (
             model.register_forward_pre_hook(data.drop_packed_attention_mask, with_kwargs=True)
             if batching == "packing"
@@ -365,6 +367,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str, group: str, attempt: int = 
             train_runtime_s=runtime,
             eval_in_train_s=eval_in_train_s,
             batching=batching,
+            padding_share=padding.share(),  # of the tokens trained in this session
             time_per_epoch_s=runtime / epochs_done if epochs_done > 0 else None,
             steps=int(state.global_step),
             epochs=epochs_done,

@@ -41,6 +41,7 @@ METRICS = {
     "test_perplexity": 304.8754916264584,
     "tokens_trained": 9824,
     "tokens_per_s": 1156.66282054301,
+    "padding_share": 0.0862,
     "train_runtime_s": 8.4934,
     "time_per_epoch_s": 138.44242,
     "steps": 10,
@@ -282,6 +283,7 @@ def test_csv_and_table_match_records(tmp_path):
         assert bare(row[col["eval loss"]]) == f"{m['eval_loss']:.4f}"
         assert bare(row[col["perplexity"]]) == f"{m['perplexity']:.2f}"
         assert bare(row[col["tokens/s"]]) == f"{m['tokens_per_s']:,.0f}"
+        assert bare(row[col["padding share"]]) == f"{m['padding_share']:.2f}"
         assert bare(row[col["peak memory"]]) == f"{m['peak_memory_mb']:.0f} MiB"
         assert bare(row[col["trainable params"]]) == report.fmt_count(m["trainable_params"])
         assert bare(row[col["checkpoint"]]) == report.fmt_bytes(m["checkpoint_bytes"])
