@@ -19,6 +19,7 @@ import math
 import random
 
 from src.data import _WORDS as WORDS  # the synthetic task's vocabulary, so the tiny BPE knows them
+from src.data import case_record, digits_record
 
 MEDIAN_CONTENT_TOKENS = 60  # input + output tokens; the template adds ~50
 SIGMA = 0.75
@@ -37,28 +38,7 @@ def records(
         per_item = TOKENS_PER_ITEM["digit" if kind < 2 else "word"]
         items = max(1, round(content / (2 * per_item)))  # the list appears in the input and in the output
         if kind < 2:
-            xs = [str(rng.randrange(10)) for _ in range(items)]
-            if kind == 0:
-                out.append(
-                    {"instruction": "Reverse the list.", "input": " ".join(xs), "output": " ".join(xs[::-1])}
-                )
-            else:
-                out.append(
-                    {
-                        "instruction": "Sort the numbers in ascending order.",
-                        "input": " ".join(xs),
-                        "output": " ".join(sorted(xs)),
-                    }
-                )
+            out.append(digits_record([str(rng.randrange(10)) for _ in range(items)], kind == 0))
         else:
-            upper = kind == 3
-            words = [rng.choice(WORDS) for _ in range(items)]
-            text = " ".join(w.lower() if upper else w.upper() for w in words)
-            out.append(
-                {
-                    "instruction": f"Convert the text to {'upper' if upper else 'lower'} case.",
-                    "input": text,
-                    "output": text.upper() if upper else text.lower(),
-                }
-            )
+            out.append(case_record([rng.choice(WORDS) for _ in range(items)], kind == 3))
     return out

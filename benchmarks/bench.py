@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -260,7 +260,7 @@ def record_metrics(path: Path) -> dict[str, Any]:
         out["train_tokens_per_s"] = out.pop("tokens_per_s")
     out["status"] = rec.get("status")
     out["device"] = (rec.get("env") or {}).get("device")
-    eval_in_train = eval_seconds_inside_train(path.parent / "metrics.jsonl")
+    eval_in_train = m.get("eval_in_train_s")  # the framework's own count (src/run.py)
     out["eval_in_train_s"] = eval_in_train
     runtime, tokens = out.get("train_runtime_s"), out.get("tokens_trained")
     if runtime and tokens and eval_in_train is not None and runtime > eval_in_train:
@@ -268,33 +268,20 @@ def record_metrics(path: Path) -> dict[str, Any]:
     return out
 
 
-def eval_seconds_inside_train(path: Path) -> float | None:
-    """Seconds of evaluation that ran inside trainer.train() (and so inside train_runtime): the eval lines
-    logged before the train-summary line (train/runtime_s). transformers >= 5 evaluates once at the end of
-    training under eval_strategy="steps", which the framework uses, even when eval_every is never reached."""
+def jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (none if it is missing; a torn last line is skipped)."""
     if not path.is_file():
-        return None
-    total = 0.0
+        return
     for line in path.read_text().splitlines():
         try:
-            row = json.loads(line)
+            yield json.loads(line)
         except json.JSONDecodeError:
             continue
-        if "train/runtime_s" in row and "train/loss" not in row:
-            return total
-        total += float(row.get("eval/runtime", 0.0) or 0.0)
-    return None
 
 
 def train_begin_epoch(path: Path) -> float | None:
     """When trainer.train() started its clock: the first periodic train log's time minus its runtime."""
-    if not path.is_file():
-        return None
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for row in jsonl_rows(path):
         if "train/loss" in row and "train/runtime_s" in row and "time" in row:
             return float(row["time"]) - float(row["train/runtime_s"])
     return None
@@ -302,14 +289,9 @@ def train_begin_epoch(path: Path) -> float | None:
 
 def first_step_time(run_dir: Path, start_epoch: float | None) -> float | None:
     """Seconds from start_epoch to the first training log line (logging_steps=1: the end of step 1)."""
-    path = run_dir / "metrics.jsonl"
-    if start_epoch is None or not path.is_file():
+    if start_epoch is None:
         return None
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for row in jsonl_rows(run_dir / "metrics.jsonl"):
         if any(k.startswith("train/") for k in row) and "time" in row:
             return float(row["time"]) - start_epoch
     return None

@@ -51,28 +51,19 @@ FRAMEWORK_MODES = ("pad_to_max", "dynamic", "packing", "group_by_length")  # tra
 
 
 def make_collator(mode: str, tokenizer, max_seq_len: int):
-    """The data collator of a batching mode (labels padded, or examples separated, with -100)."""
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+    """The data collator of a batching mode: the framework's own (src.data.collator) for its modes and for
+    the sampler prototypes, which batch like dynamic; DataCollatorWithFlattening for flatten."""
+    from omegaconf import OmegaConf
+    from transformers import DataCollatorWithFlattening
 
-    if mode == "pad_to_max":
-        return DataCollatorForSeq2Seq(
-            tokenizer,
-            padding="max_length",
-            max_length=int(max_seq_len),
-            label_pad_token_id=IGNORE_INDEX,
-            return_tensors="pt",
-        )
-    if mode in ("dynamic", "group_by_length", "bucketed", "group_by_length_tw"):
-        return DataCollatorForSeq2Seq(
-            tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"
-        )
-    if mode == "packing":
-        from src.data import PackedRows
+    from src.data import collator
 
-        return PackedRows(tokenizer.pad_token_id, int(max_seq_len))
     if mode == "flatten":  # keeps input_ids, labels (-100 at each example's first token), position_ids only
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
-    raise ValueError(f"unknown batching mode {mode!r}; one of {', '.join(MODES)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown batching mode {mode!r}; one of {', '.join(MODES)}")
+    framework_mode = mode if mode in FRAMEWORK_MODES else "dynamic"
+    return collator(tokenizer, OmegaConf.create({"max_seq_len": int(max_seq_len)}), framework_mode)
 
 
 def training_args_for(mode: str | None) -> dict[str, Any]:
@@ -230,20 +221,16 @@ def install(
     elif batching:  # a prototype the framework lacks, over the framework's plain dynamic padding
         overrides.append("trainer.batching=dynamic")
         extra = {**training_args_for(batching), **extra}
-        max_len: dict[str, int] = {}
-        collator, build = src.data.collator, src.data.build
+        # flatten is the one prototype with a collator of its own; the others batch like dynamic
+        if batching == "flatten":
+            collator = src.data.collator
 
-        def build_and_remember(data_cfg, *args, **kwargs):
-            max_len["value"] = int(data_cfg.max_seq_len)
-            return build(data_cfg, *args, **kwargs)
+            def flatten_collator(tokenizer, data_cfg=None, *args, **kwargs):
+                if data_cfg is not None and data_cfg.get("label_field"):  # classification data: left alone
+                    return collator(tokenizer, data_cfg, *args, **kwargs)
+                return make_collator(batching, tokenizer, int(data_cfg.max_seq_len))
 
-        def collator_for_mode(tokenizer, data_cfg=None, *args, **kwargs):
-            if data_cfg is not None and data_cfg.get("label_field"):  # classification data: left alone
-                return collator(tokenizer, data_cfg, *args, **kwargs)
-            return make_collator(batching, tokenizer, max_len.get("value") or int(data_cfg.max_seq_len))
-
-        src.data.build = build_and_remember
-        src.data.collator = collator_for_mode
+            src.data.collator = flatten_collator
         if batching == "bucketed":
             install_bucketed_sampler()
         if batching == "group_by_length_tw":

@@ -71,6 +71,27 @@ _WORDS = [
 # --------------------------------------------------------------------------- the synthetic task
 
 
+def digits_record(xs: list[str], reverse: bool) -> dict[str, str]:
+    """One synthetic task: reverse, or sort, a list of digits (also benchmarks/alpaca_like.py's)."""
+    if reverse:
+        return {"instruction": "Reverse the list.", "input": " ".join(xs), "output": " ".join(xs[::-1])}
+    return {
+        "instruction": "Sort the numbers in ascending order.",
+        "input": " ".join(xs),
+        "output": " ".join(sorted(xs)),
+    }
+
+
+def case_record(words: list[str], upper: bool) -> dict[str, str]:
+    """One synthetic task: words in the other case, to be converted to upper (or lower) case."""
+    text = " ".join(w.lower() if upper else w.upper() for w in words)
+    return {
+        "instruction": f"Convert the text to {'upper' if upper else 'lower'} case.",
+        "input": text,
+        "output": text.upper() if upper else text.lower(),
+    }
+
+
 def synthetic_records(n: int, seed: int) -> list[dict[str, str]]:
     """Deterministic Alpaca-format records: reverse/sort digits, add numbers, change a word's case."""
     rng = random.Random(seed)
@@ -78,33 +99,12 @@ def synthetic_records(n: int, seed: int) -> list[dict[str, str]]:
     for _ in range(n):
         kind = rng.randrange(5)
         if kind < 2:
-            xs = [str(rng.randrange(10)) for _ in range(rng.randint(3, 7))]
-            if kind == 0:
-                out.append(
-                    {"instruction": "Reverse the list.", "input": " ".join(xs), "output": " ".join(xs[::-1])}
-                )
-            else:
-                out.append(
-                    {
-                        "instruction": "Sort the numbers in ascending order.",
-                        "input": " ".join(xs),
-                        "output": " ".join(sorted(xs)),
-                    }
-                )
+            out.append(digits_record([str(rng.randrange(10)) for _ in range(rng.randint(3, 7))], kind == 0))
         elif kind == 2:
             a, b = rng.randrange(50), rng.randrange(50)
             out.append({"instruction": "Add the two numbers.", "input": f"{a} + {b}", "output": str(a + b)})
         else:
-            words = rng.sample(_WORDS, rng.randint(1, 3))
-            upper = kind == 3
-            text = " ".join(w.lower() if upper else w.upper() for w in words)
-            out.append(
-                {
-                    "instruction": f"Convert the text to {'upper' if upper else 'lower'} case.",
-                    "input": text,
-                    "output": text.upper() if upper else text.lower(),
-                }
-            )
+            out.append(case_record(rng.sample(_WORDS, rng.randint(1, 3)), kind == 3))
     return out
 
 

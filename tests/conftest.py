@@ -36,9 +36,9 @@ def compose_cfg(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
-    """`python -m src.run <args>` in a subprocess, the way a user runs it. Returns CompletedProcess."""
-    full_env = {
+def cli_env(env: dict | None = None) -> dict[str, str]:
+    """The environment tests run `python -m src.run` in: offline, the session cache, unbuffered output."""
+    return {
         **os.environ,
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
@@ -50,10 +50,14 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         **(env or {}),
     }
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
+    """`python -m src.run <args>` in a subprocess, the way a user runs it. Returns CompletedProcess."""
     return subprocess.run(
         [sys.executable, "-m", "src.run", *args],
         cwd=cwd or REPO_ROOT,
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

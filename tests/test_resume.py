@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import signal
@@ -27,7 +26,7 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.records import RECORD
-from tests.conftest import SESSION_CACHE, no_traceback, record, run_cli, short
+from tests.conftest import cli_env, no_traceback, record, run_cli, short
 
 
 def log_lines(run_dir: Path) -> int:
@@ -37,20 +36,11 @@ def log_lines(run_dir: Path) -> int:
 
 def popen_cli(*args: str, log: Path) -> subprocess.Popen:
     """`python -m src.run <args>` started in the background, stdout and stderr into `log`."""
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "HF_HUB_OFFLINE": "1",
-        "TUNEGRID_CACHE": str(SESSION_CACHE),
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
     with log.open("w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "src.run", *args],
             cwd=REPO_ROOT,
-            env=env,
+            env=cli_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
