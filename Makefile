@@ -25,21 +25,28 @@ install: ## create .venv and install tunegrid (torch CPU wheel first, then the p
 run: ## one run: python -m src.run $(ARGS)
 	$(PY) -m src.run $(ARGS)
 
-test: ## the whole test suite, slow end-to-end tier included (what CI runs)
-	@$(PY) -m pytest -q $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+# Test files run in parallel, one worker per core (pytest-xdist; TEST_WORKERS=0 runs them in this process), a
+# file's tests in one worker so that its module fixtures are built once. One torch thread per worker and per
+# run it starts: most of the suite is single-threaded subprocesses, and two threads per run on a 2-core
+# machine only wait for each other.
+TEST_WORKERS ?= auto
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-test-fast: ## the fast tiers only (config + unit), a few minutes
-	@$(PY) -m pytest -q -m "not slow" $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+test: ## the whole test suite, slow end-to-end tier included (what CI runs)
+	@$(PYTEST) $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-fast: ## every test not marked slow (config, unit and the quick end-to-end ones), a few minutes
+	@$(PYTEST) -m "not slow" $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 lint: ## ruff
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
 bench: ## the benchmark (about 10 min on 2 cores): writes benchmarks/results/<host>-<date>.json and prints the table
-	$(PY) benchmarks/bench.py $(ARGS)
+	$(PY) -m benchmarks $(ARGS)
 
 bench-quick: ## the benchmark with one small repetition per contender (about 2 min)
-	$(PY) benchmarks/bench.py --quick $(ARGS)
+	$(PY) -m benchmarks --quick $(ARGS)
 
 clean: ## remove run outputs and caches (keeps multirun/.gitkeep)
 	rm -rf outputs .cache .pytest_cache .ruff_cache wandb

@@ -1,1 +1,1 @@
-"""tunegrid benchmarks: `make bench` (benchmarks/bench.py); see benchmarks/README.md."""
+"""tunegrid benchmarks: `make bench` (`python -m benchmarks`, benchmarks/main.py); see benchmarks/README.md."""

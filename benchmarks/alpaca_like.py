@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import random
 
-from src.data import _WORDS as WORDS  # the synthetic task's vocabulary, so the tiny BPE knows them
-from src.data import case_record, digits_record
+# WORDS: the synthetic task's vocabulary, so that the tiny BPE knows them
+from src.data.synthetic import WORDS, case_record, digits_record
 
 MEDIAN_CONTENT_TOKENS = 60  # input + output tokens; the template adds ~50
 SIGMA = 0.75

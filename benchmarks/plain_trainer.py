@@ -39,7 +39,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--split-seed", type=int, default=42)
     p.add_argument("--max-seq-len", type=int, default=128)
     p.add_argument("--prompt", required=True, help="str.format template over the record's fields")
-    p.add_argument("--prompt-if-empty", default=None, help="template used when the record's input is empty")
+    p.add_argument(
+        "--prompt-if-empty", default=None, help="template used when --prompt-if-empty-field is empty"
+    )
+    p.add_argument("--prompt-if-empty-field", default="input", help="the record field that selects it")
     p.add_argument("--response", default="{output}")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-batch-size", type=int, default=32)
@@ -89,7 +92,9 @@ def main() -> None:
 
     def encode(rec: dict) -> dict:
         template = (
-            a.prompt_if_empty if a.prompt_if_empty and not str(rec.get("input", "")).strip() else a.prompt
+            a.prompt_if_empty
+            if a.prompt_if_empty and not str(rec.get(a.prompt_if_empty_field, "")).strip()
+            else a.prompt
         )
         p = tokenizer(template.format(**rec), add_special_tokens=False)["input_ids"]
         r = tokenizer(a.response.format(**rec), add_special_tokens=False)["input_ids"] + [

@@ -7,9 +7,11 @@ options; it changes nothing on disk.
 is exactly `python -m src.run [hydra overrides ...]` (run with runpy as __main__), with, in this process:
 
 * --batching MODE: pad_to_max, dynamic, packing and group_by_length are the framework's own modes, passed
-  on as `trainer.batching=MODE` with nothing patched; the other modes are prototypes: the collator
-  (src.data.collator) and the Trainer's sampler are patched to follow MODE over `trainer.batching=dynamic`.
-* --attn IMPL: model.set_attn_implementation(IMPL) before the method is applied (sdpa, eager, ...).
+  on as `trainer.batching=MODE` with nothing patched; the other modes are prototypes over
+  `trainer.batching=dynamic`: the collator the Trainer gets (src.trainer.collator, imported there from
+  src.data.collate), the Trainer's sampler or its loss are patched to follow MODE.
+* --attn IMPL: model.set_attn_implementation(IMPL) before the method is applied (src.methods.apply, which
+  the recipe, src/train.py, calls as `methods.apply`; sdpa, eager, ...).
 * --ta KEY=JSON: TrainingArguments.KEY = JSON value (e.g. --ta torch_compile=true).
 * always: a forward pre-hook on the trained model counts, in training mode only, the tokens the model
   processed (input_ids.numel()) and the real ones among them (see TokenCounter); written as JSON to
@@ -19,7 +21,7 @@ Batching MODEs:
   pad_to_max       pad every example to data.max_seq_len (the common practice)
   dynamic          pad to the longest example of each batch
   packing          the same batches as dynamic, each batch's examples packed first-fit-decreasing into rows
-                   of at most data.max_seq_len tokens (src.data.PackedRows, the framework's default);
+                   of at most data.max_seq_len tokens (src.data.collate.PackedRows, the default);
                    position ids restart at 0 for every
                    example and no attention mask is passed, so transformers builds a block-diagonal causal
                    mask (sdpa, eager; flash attention gets the boundaries): examples never see each other
@@ -45,25 +47,25 @@ import os
 import sys
 from typing import Any
 
+from src.data.tokenise import IGNORE_INDEX
+
 MODES = ("pad_to_max", "dynamic", "packing", "flatten", "group_by_length", "bucketed", "group_by_length_tw")
-IGNORE_INDEX = -100
 FRAMEWORK_MODES = ("pad_to_max", "dynamic", "packing", "group_by_length")  # trainer.batching: passed on
 
 
 def make_collator(mode: str, tokenizer, max_seq_len: int):
-    """The data collator of a batching mode: the framework's own (src.data.collator) for its modes and for
-    the sampler prototypes, which batch like dynamic; DataCollatorWithFlattening for flatten."""
-    from omegaconf import OmegaConf
+    """The data collator of a batching mode: the framework's own (src.data.collate.collator) for its modes and
+    for the sampler prototypes, which batch like dynamic; DataCollatorWithFlattening for flatten."""
     from transformers import DataCollatorWithFlattening
 
-    from src.data import collator
+    from src.data.collate import collator
 
     if mode == "flatten":  # keeps input_ids, labels (-100 at each example's first token), position_ids only
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
     if mode not in MODES:
         raise ValueError(f"unknown batching mode {mode!r}; one of {', '.join(MODES)}")
     framework_mode = mode if mode in FRAMEWORK_MODES else "dynamic"
-    return collator(tokenizer, OmegaConf.create({"max_seq_len": int(max_seq_len)}), framework_mode)
+    return collator(tokenizer, int(max_seq_len), framework_mode)
 
 
 def training_args_for(mode: str | None) -> dict[str, Any]:
@@ -191,9 +193,13 @@ def real_tokens_of_packed(position_ids, labels) -> int:
 def install(
     batching: str | None, attn: str | None, training_args: dict[str, Any], counts_path: str | None
 ) -> list[str]:
-    """Patch this process; return the extra Hydra overrides to pass on."""
-    import src.data
+    """Patch this process; return the extra Hydra overrides to pass on.
+
+    Patch points (the names the framework looks up when it runs): `src.methods.apply` (src/train.py calls
+    `methods.apply`) and `src.trainer.collator` (src/trainer.py imports it from src.data.collate and calls it
+    in make_trainer); Trainer and TrainingArguments methods on the transformers classes."""
     import src.methods
+    import src.trainer
 
     counter = TokenCounter()
     apply = src.methods.apply
@@ -223,14 +229,14 @@ def install(
         extra = {**training_args_for(batching), **extra}
         # flatten is the one prototype with a collator of its own; the others batch like dynamic
         if batching == "flatten":
-            collator = src.data.collator
+            collator = src.trainer.collator
 
-            def flatten_collator(tokenizer, data_cfg=None, *args, **kwargs):
-                if data_cfg is not None and data_cfg.get("label_field"):  # classification data: left alone
-                    return collator(tokenizer, data_cfg, *args, **kwargs)
-                return make_collator(batching, tokenizer, int(data_cfg.max_seq_len))
+            def flatten_collator(tokenizer, max_seq_len, batching_mode="dynamic", labelled=False):
+                if labelled:  # one class id per example (classification): left alone
+                    return collator(tokenizer, max_seq_len, batching_mode, labelled)
+                return make_collator(batching, tokenizer, int(max_seq_len))
 
-            src.data.collator = flatten_collator
+            src.trainer.collator = flatten_collator
         if batching == "bucketed":
             install_bucketed_sampler()
         if batching == "group_by_length_tw":

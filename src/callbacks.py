@@ -1,6 +1,6 @@
 """Trainer callbacks that make runs comparable and robust: a token budget, divergence detection at the
-step it happens, SIGTERM/SIGINT handling, and fault injection (`+debug.*`) so that every failure path
-is tested for real."""
+step it happens, SIGTERM/SIGINT handling, and fault injection (`debug.*`, conf/debug/) so that every
+failure path is tested for real."""
 
 from __future__ import annotations
 
@@ -11,17 +11,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or inf."""
-
-
-class Interrupted(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint was saved and the run stopped."""
-
-
-class SkippedOOM(Exception):
-    """The run is predicted not to fit in device memory (sweep.skip_predicted_oom)."""
+from src.errors import Diverged
 
 
 class TokenBudget(TrainerCallback):
@@ -60,7 +50,7 @@ class LossWatch:
 
 
 class FaultInjection(TrainerCallback):
-    """`+debug.fail_at_step=N` raises, `+debug.oom_at_step=N` raises an out-of-memory error (CUDA's on
+    """`debug.fail_at_step=N` raises, `debug.oom_at_step=N` raises an out-of-memory error (CUDA's on
     GPU, MemoryError on CPU) at the start of step N; `oom_attempts` limits the OOM to the first
     attempts, so the retry path can succeed."""
 
@@ -118,7 +108,3 @@ class StopOnSignal(TrainerCallback):
         if self.signal is not None:
             control.should_save = True
             control.should_training_stop = True
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()

@@ -17,10 +17,35 @@ from typing import Any, Protocol
 
 from transformers import TrainerCallback
 
+from src import build
+
 
 class Logger(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
     def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+class Loggers:
+    """A run's backends: disk (metrics.jsonl) and stdout always, W&B unless logger=none; finished once."""
+
+    def __init__(self, logger_cfg: Any, run_dir: Path, name: str, group: str, tags: list[str], config: dict):
+        self.backends: list[Logger] = [JsonlLogger(run_dir / "metrics.jsonl"), StdoutLogger()]
+        wandb_cfg = logger_cfg.get("wandb")
+        if wandb_cfg is not None:
+            tags = [*tags, *wandb_cfg.tags]
+            self.backends.append(
+                build.wandb_logger(
+                    wandb_cfg, run_dir=run_dir, name=name, group=group, tags=tags, config=config
+                )
+            )
+        self._finished = False
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """W&B marks the run failed unless summary says success; a second call does nothing."""
+        if not self._finished:
+            self._finished = True
+            for lg in self.backends:
+                lg.finish(summary)
 
 
 class JsonlLogger:

@@ -1,8 +1,8 @@
-"""Turn a loaded model into the model a method trains.
+"""Turn a loaded model into the model a method trains, as its spec says (src/specs.py).
 
-A method is data (conf/method/*.yaml): an optional PEFT config, an optional list of trainable
-parameter prefixes, whether to untie the head, an optional quantisation. This module applies
-those fields in one fixed order; it never branches on the method's name.
+A method is data (conf/method/*.yaml): what it trains, an optional PEFT config, an optional list of
+trainable parameter prefixes, whether to untie the head, an optional quantisation. This module applies
+them in one fixed order, asking the method's spec; it never branches on the method's name.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.config import ConfigError
+from src import build
+from src.errors import ConfigError
+from src.specs import MethodSpec
 
 
 def linear_modules(model) -> dict[str, tuple[int, int]]:
@@ -49,7 +50,7 @@ def check_lora_targets(model, peft_cfg: DictConfig, rank: int) -> None:
         )
 
 
-def untie_head(model, model_cfg: DictConfig) -> None:
+def untie_head(model) -> None:
     """Give the output head its own weight, initialised from the tied embedding."""
     head = model.get_output_embeddings()
     head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
@@ -69,33 +70,38 @@ def freeze_bottom(model, n: int, model_cfg: DictConfig) -> None:
             p.requires_grad_(False)
 
 
-def apply(model, cfg: DictConfig, gradient_checkpointing: bool = False, tokenizer_path: str | None = None):
-    """Apply cfg.method (and the top-level frozen_blocks) to a loaded model; returns the model to train."""
-    method = cfg.method
-    if method.get("untie_head"):
-        untie_head(model, cfg.model)
-    if method.get("quantization") is not None:
+def apply(
+    model,
+    method: MethodSpec,
+    method_cfg: DictConfig,
+    model_cfg: DictConfig,
+    frozen_blocks: int = 0,
+    gradient_checkpointing: bool = False,
+    tokenizer_path: str | None = None,
+):
+    """Apply a method (its spec and its YAML node) and the top-level frozen_blocks to a loaded model; returns
+    the model to train. With adapters, frozen_blocks already chose the blocks they go on (the PEFT config's
+    layers_to_transform); for full fine-tuning it freezes the embeddings and the bottom blocks."""
+    if method.untie_head:
+        untie_head(model)
+    if method.quantised:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    if method.get("peft") is not None:
+    if method.uses_peft:
         from peft import get_peft_model
 
-        peft_cfg = method.peft
         extra: dict[str, Any] = {}
-        if "target_modules" in peft_cfg:
-            check_lora_targets(model, peft_cfg, int(cfg.rank))
-        if peft_cfg.get("prompt_tuning_init") == "TEXT":
-            if not peft_cfg.get("prompt_tuning_init_text"):
-                raise ConfigError("method.peft.prompt_tuning_init_text=None: TEXT init needs a text")
+        if method.adapters:
+            check_lora_targets(model, method_cfg.peft, int(method_cfg.peft.r))
+        if method.init_from_text:
             extra["tokenizer_name_or_path"] = tokenizer_path
-        model = get_peft_model(model, instantiate(peft_cfg, _convert_="all", **extra))
-    elif method.get("trainable"):
-        prefixes = list(method.trainable)
+        model = get_peft_model(model, build.peft_config(method_cfg.peft, **extra))
+    elif method.trainable:
         for name, p in model.named_parameters():
-            p.requires_grad_(any(name == pre or name.startswith(pre + ".") for pre in prefixes))
-    if method.get("peft") is None:
-        freeze_bottom(model, int(cfg.frozen_blocks), cfg.model)
+            p.requires_grad_(any(name == pre or name.startswith(pre + ".") for pre in method.trainable))
+    if method.freezes_blocks:
+        freeze_bottom(model, frozen_blocks, model_cfg)
     return model
 
 

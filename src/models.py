@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import ConfigError
+from src import build
+from src.atomic import publish_dir
+from src.errors import ConfigError
+from src.specs import Spec
 
 EOS = "<|endoftext|>"
 
@@ -35,7 +36,7 @@ def resolve_precision(precision: str) -> str:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _tiny_key(model_cfg: DictConfig, data_cfg: DictConfig) -> str:
+def _tiny_key(model_cfg: DictConfig) -> str:
     spec = {
         "build": OmegaConf.to_container(model_cfg.build, resolve=True),
         "tokenizer": OmegaConf.to_container(model_cfg.tokenizer, resolve=True),
@@ -51,7 +52,7 @@ def _train_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from src.data import tokenizer_corpus
+    from src.data.synthetic import tokenizer_corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -68,33 +69,27 @@ def _train_tokenizer(vocab_size: int):
     )
 
 
-def materialise_tiny(model_cfg: DictConfig, data_cfg: DictConfig, cache: Path) -> Path:
+def materialise_tiny(model_cfg: DictConfig, cache: Path) -> Path:
     """Build the tiny model + tokenizer once into the cache (a few MB, under a second) and return the folder."""
-    folder = cache / f"tiny-{_tiny_key(model_cfg, data_cfg)}"
+    folder = cache / f"tiny-{_tiny_key(model_cfg)}"
     if (folder / "config.json").exists():
         return folder
     from transformers import AutoModelForCausalLM
 
-    tokenizer = _train_tokenizer(int(model_cfg.tokenizer.vocab_size))
-    arch = instantiate(
-        model_cfg.build,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(int(model_cfg.init_seed))
-    model = AutoModelForCausalLM.from_config(arch)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(folder)  # atomic: concurrent runs never see a half-written folder
-    except OSError:
-        import shutil
+    def write(tmp: Path) -> None:
+        tokenizer = _train_tokenizer(int(model_cfg.tokenizer.vocab_size))
+        arch = build.model_config(
+            model_cfg.build,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+        torch.manual_seed(int(model_cfg.init_seed))
+        AutoModelForCausalLM.from_config(arch).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
-        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    return folder
+    return publish_dir(folder, write)  # concurrent runs never see a half-written folder
 
 
 def materialise_gguf(gguf: DictConfig, cache: Path) -> Path:
@@ -122,35 +117,30 @@ def materialise_gguf(gguf: DictConfig, cache: Path) -> Path:
         raise ConfigError(f"model: reading {gguf.file} needs the 'gguf' package: {gguf.install}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=gguf.file)
-    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=gguf.file, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained; copy its dequantised weights into a plain one.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:
-        import shutil
+    def write(tmp: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=gguf.file)
+        loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=gguf.file, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained; copy its dequantised weights into a plain one.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return publish_dir(folder, write)
 
 
-def model_path(cfg: DictConfig, cache: Path) -> str:
+def model_path(model_cfg: DictConfig, cache: Path) -> str:
     """The folder or hub id to load: a user's name_or_path wins, else the tiny build or a packaged GGUF."""
-    if cfg.model.get("name_or_path"):
-        return str(cfg.model.name_or_path)
-    if cfg.model.get("gguf") is not None:
-        return str(materialise_gguf(cfg.model.gguf, cache))
-    if cfg.model.get("build") is not None:
-        return str(materialise_tiny(cfg.model, cfg.data, cache))
-    raise ConfigError(f"model={cfg.model.name}: set model.name_or_path (a hub id or a local folder)")
+    if model_cfg.get("name_or_path"):
+        return str(model_cfg.name_or_path)
+    if model_cfg.get("gguf") is not None:
+        return str(materialise_gguf(model_cfg.gguf, cache))
+    if model_cfg.get("build") is not None:
+        return str(materialise_tiny(model_cfg, cache))
+    raise ConfigError(f"model={model_cfg.name}: set model.name_or_path (a hub id or a local folder)")
 
 
 def _hub_error(path: str, exc: Exception) -> ConfigError:
@@ -173,21 +163,15 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(path: str, cfg: DictConfig, dtype: torch.dtype):
-    """Load the task's model class (causal LM or sequence classifier); with method.quantization set, the
-    base loads in 4-bit (QLoRA's model swap)."""
-    from hydra.utils import get_class
-
-    auto = get_class(cfg.task.auto_model)
-    kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.model.get("trust_remote_code", False))}
-    if cfg.data.get("num_labels"):
-        kwargs["num_labels"] = int(cfg.data.num_labels)
-    quant = cfg.method.get("quantization")
-    if quant is not None:
-        compute = (
-            dtype if quant.get("bnb_4bit_compute_dtype") in (None, "auto") else quant.bnb_4bit_compute_dtype
-        )
-        kwargs["quantization_config"] = instantiate(quant, _convert_="all", bnb_4bit_compute_dtype=compute)
+def load_model(path: str, model_cfg: DictConfig, spec: Spec, quantization: Any, dtype: torch.dtype):
+    """Load the task's model class (causal LM or sequence classifier); with the method's `quantization` node
+    (spec.method.quantised) the base loads in 4-bit: QLoRA's model swap."""
+    auto = build.model_class(spec.task)
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
+    if spec.num_labels:
+        kwargs["num_labels"] = spec.num_labels
+    if spec.method.quantised:
+        kwargs["quantization_config"] = build.quantization_config(quantization, dtype)
         kwargs["dtype"] = dtype
     else:
         kwargs["dtype"] = torch.float32  # master weights in fp32; the Trainer's autocast handles bf16/fp16
@@ -205,7 +189,7 @@ def load_model(path: str, cfg: DictConfig, dtype: torch.dtype):
         # ("a view of a leaf Variable ... in-place"); keep the trainable layout throughout.
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-    _check_layers(model, cfg.model)
+    _check_layers(model, model_cfg)
     return model
 
 

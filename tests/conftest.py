@@ -1,25 +1,21 @@
-"""Shared fixtures: Hydra's compose API for the config tier, an isolated cache and a subprocess runner
-for the end-to-end tier. Every test writes its own data; nothing depends on ../shared or the network."""
+"""Test configuration only (the helpers are in tests/helpers.py): offline settings for every test, and each
+test's tier as a marker from its folder, as the README describes them:
+
+    tests/config/  -m config   every config choice composed with Hydra's compose API and validated
+    tests/unit/    -m unit     tiny models and files the tests write, in this process, exact expectations
+    tests/e2e/     -m e2e      real `python -m src.run` subprocesses: runs, grids, reports, kills
+    -m slow                    the long ones (any tier); `make test-fast` leaves them out
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-import src.config  # noqa: F401  (registers the tg.* resolvers)
-from src.config import CONF_DIR, REPO_ROOT
-from src.records import RECORD
+from tests.helpers import SESSION_CACHE
 
-# A shared cache for the whole session: the tiny model and tokenised data are built once.
-SESSION_CACHE = Path(os.environ.get("TUNEGRID_TEST_CACHE", REPO_ROOT / ".cache" / "tests"))
+TIERS = ("config", "unit", "e2e")
 
 
 @pytest.fixture(autouse=True)
@@ -30,115 +26,9 @@ def _offline_env(monkeypatch):
     monkeypatch.setenv("TUNEGRID_CACHE", str(SESSION_CACHE))
 
 
-def compose_cfg(*overrides: str) -> DictConfig:
-    """The config `python -m src.run <overrides>` would get (without Hydra's runtime keys)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def cli_env(env: dict | None = None) -> dict[str, str]:
-    """The environment tests run `python -m src.run` in: offline, the session cache, unbuffered output."""
-    return {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "HF_HUB_OFFLINE": "1",
-        "TUNEGRID_CACHE": str(SESSION_CACHE),
-        "PYTHONUNBUFFERED": "1",
-        # One torch thread per subprocess unless the caller set OMP_NUM_THREADS: on a busy 2-core machine two
-        # OpenMP threads per run spend most of their time waiting for each other (a 3-cell grid: 40 s, not 14 s).
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-        **(env or {}),
-    }
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
-    """`python -m src.run <args>` in a subprocess, the way a user runs it. Returns CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", "src.run", *args],
-        cwd=cwd or REPO_ROOT,
-        env=cli_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-# Short-training overrides for tests: a few steps of the tiny model, no W&B unless a test asks.
-QUICK = (
-    "trainer.max_steps=12",
-    "trainer.eval_every=6",
-    "trainer.logging_steps=3",
-    "trainer.batch_size=8",
-    "data.splits.validation=32",
-    "data.splits.test=16",
-    "logger=none",
-    "eval.num_samples=0",
-    "eval.forgetting=false",
-)
-
-
-def train_inprocess(run_dir: Path, *overrides: str):
-    """Validate and train in this process (the unit tier): returns (metrics, env, trainer)."""
-    from src.config import validate
-    from src.run import train
-
-    cfg = validate(compose_cfg(*QUICK, *overrides))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return train(cfg, run_dir, name=",".join(overrides) or "default", group="tests")
-
-
-# QUICK without generation, forgetting and the extra evaluations: resume and failure paths do not need them.
-_NO_EVAL = (
-    "eval.num_samples=0",
-    "eval.forgetting=false",
-    "eval.eval_before_training=false",
-    "eval.test_split=false",
-)
-BASE = (*(o for o in QUICK if o.split("=", 1)[0] not in {e.split("=", 1)[0] for e in _NO_EVAL}), *_NO_EVAL)
-
-
-def short(*extra: str) -> list[str]:
-    """BASE with keys replaced or added by `extra` ("key=value"; Hydra refuses a key given twice)."""
-    keys = {e.split("=", 1)[0].lstrip("+") for e in extra}
-    return [*(o for o in BASE if o.split("=", 1)[0] not in keys), *extra]
-
-
-def record(run_dir: Path) -> dict:
-    return json.loads((run_dir / RECORD).read_text())
-
-
-def no_traceback(proc: subprocess.CompletedProcess) -> None:
-    out = proc.stdout + proc.stderr
-    assert "Traceback" not in out and 'File "' not in out, out[-3000:]
-
-
-def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
-    """path -> (sha256, mtime_ns) of every file under root."""
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def earlier_run(root: Path) -> Path:
-    """A finished run's folder (record, disk log, checkpoints) as an earlier `python -m src.run` leaves it."""
-    run = root / "earlier"
-    (run / "checkpoint").mkdir(parents=True)
-    (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
-    (run / RECORD).write_text(
-        json.dumps(
-            {
-                "schema_version": 1,
-                "status": "success",
-                "overrides": ["rank=4"],
-                "metrics": {"eval_loss": 1.5},
-            },
-            indent=2,
-        )
-    )
-    (run / "metrics.jsonl").write_text('{"step": 0, "eval/loss": 6.2}\n')
-    (run / "checkpoint" / "model.safetensors").write_bytes(b"\0" * 64)
-    (run / "checkpoints" / "checkpoint-5" / "model.safetensors").write_bytes(b"\1" * 64)
-    return run
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        tier = Path(item.fspath).relative_to(here).parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))

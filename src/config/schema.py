@@ -1,0 +1,328 @@
+"""The schema of a composed config: one pydantic model per config group, every key of conf/ declared.
+
+Unknown keys are errors (`+rnak=8` must not train with the default rank), so a key added to a YAML is
+added here too. Nodes that are passed through to a library (`_target_` objects: the PEFT config, the
+optimizer, the quantisation config, a model's build config, a data generator) check the keys tunegrid
+knows and let the rest through to the library. What a method or task can do, and the checks across
+groups, live in src/specs.py.
+"""
+
+from typing import Any, Self
+
+from pydantic import ConfigDict, Field, model_validator
+
+from src.config.evaluation import SEED_MAX, Eval, metric_names
+from src.config.values import (
+    Flag,
+    Name,
+    OptName,
+    OptTexts,
+    Section,
+    Text,
+    Texts,
+    choice,
+    cross,
+    custom,
+    integer,
+    number,
+)
+from src.specs import TRAINS
+
+SPLITS = ("train", "validation", "test")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BATCHINGS = ("auto", "packing", "dynamic", "group_by_length", "pad_to_max")
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+
+
+class Target(Section):
+    """An object built from `_target_` (src/build.py); keys other than the declared ones pass through."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True, defer_build=True)
+    target: Name = Field(alias="_target_")
+    partial: Flag | None = Field(None, alias="_partial_")
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Gguf(Section):
+    package: Name
+    file: Name
+    install: Name
+
+
+class Tokenizer(Section):
+    vocab_size: integer(lo=2)
+
+
+class Model(Section):
+    name: Name
+    name_or_path: OptName
+    family: Name
+    conv1d: Flag
+    build: Target | None = None  # the tiny model: a transformers config built from scratch
+    init_seed: integer(lo=0, optional=True) = None
+    tokenizer: Tokenizer | None = None
+    gguf: Gguf | None = None  # a GGUF file shipped in a Python package (SmolLM2)
+    num_layers: integer(lo=1)
+    num_layers_key: OptName
+    hidden_size: integer(lo=1)
+    context_length: integer(lo=1)
+    tied_head: Flag
+    layers_pattern: Name
+    block_prefix: Name
+    embedding_prefixes: Texts
+    head_prefix: Name
+    lora_targets: dict[str, list[str]]
+    lr_scale: number(lo=0, lo_open=True)
+    trust_remote_code: Flag
+
+
+# --------------------------------------------------------------------------- method and task
+
+
+class Peft(Target):
+    r: integer(lo=1, optional=True) = None
+    lora_alpha: number(lo=0, lo_open=True, optional=True) = None
+    lora_dropout: number(lo=0, hi=1, hi_open=True, optional=True) = None
+    num_virtual_tokens: integer(lo=1, optional=True) = None
+
+
+class Method(Section):
+    name: Name
+    trains: choice(TRAINS)
+    lr_scale: number(lo=0, lo_open=True)
+    peft: Peft | None
+    trainable: OptTexts
+    untie_head: Flag
+    quantization: Target | None
+
+
+class Task(Section):
+    name: Name
+    auto_model: Name
+    peft_task_type: Name
+    head_prefix: Name
+    generates_text: Flag
+    labelled: Flag
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _path(value: Any, ctx: dict) -> str | None:
+    ok = value is None or (isinstance(value, str) and value.strip())
+    ok = ok or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
+    return None if ok else "a file, {hub split: file}, or null"
+
+
+class Derive(Section):
+    field: Name
+    at_last: Name
+    head: Name
+    tail: Name
+
+
+class Normalize(Section):
+    fields: OptTexts
+    lowercase: Flag
+    strip_punctuation: Flag
+
+
+class PromptIfEmpty(Section):
+    field: Name
+    template: Text
+
+
+class Splits(Section):
+    train: integer(lo=0, optional=True, allowed="an integer ≥ 0, or null (all the rest)")
+    validation: integer(lo=0, optional=True, allowed="an integer ≥ 0, or null (all the rest)")
+    test: integer(lo=0, optional=True, allowed="an integer ≥ 0, or null (all the rest)")
+
+
+class Truncate(Section):
+    field: Name
+    side: choice(("left", "right"))
+
+
+class Data(Section):
+    name: Name
+    metrics: custom(metric_names) = None
+    hub: OptName
+    hub_config: OptName = None
+    hub_split: Name = "train"
+    hub_splits: dict[str, str] | None = None
+    path: custom(_path) = None
+    generator: Target | None = None
+    fields: Texts
+    label_field: OptName = None  # set: one class id per example (a labelled task)
+    num_labels: integer(lo=2, optional=True) = None
+    derive: Derive | None = None
+    normalize: Normalize
+    prompt: Text
+    prompt_if_empty: PromptIfEmpty | None = None
+    response: Text
+    max_response_chars: integer(lo=1, optional=True) = None
+    splits: Splits
+    split_seed: integer(lo=0)
+    max_seq_len: integer(
+        lo=8,
+        hi=lambda c: c["model"].context_length,
+        note=lambda c: f"model={c['model'].name} has a context of {c['model'].context_length} tokens",
+    )
+    truncate: Truncate | None = None
+    train_on_prompt: Flag
+    max_train_samples: integer(lo=1, optional=True) = None
+    max_eval_samples: integer(lo=1, optional=True) = None
+
+    @model_validator(mode="after")
+    def _hub_splits_known(self) -> Self:
+        unknown = sorted(set(self.hub_splits or {}) - set(SPLITS))
+        if unknown:
+            raise cross(f"data.hub_splits.{unknown[0]}: not a split; the splits are {', '.join(SPLITS)}")
+        return self
+
+
+# --------------------------------------------------------------------------- optimizer and schedule
+
+
+def _betas(value: Any, ctx: dict) -> str | None:
+    ok = isinstance(value, list) and len(value) == 2
+    ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in value)
+    return None if ok or value is None else "two numbers ≥ 0 and < 1, e.g. [0.9, 0.999]"
+
+
+class Optimizer(Target):
+    lr: number(lo=0, lo_open=True, optional=True) = None
+    weight_decay: number(lo=0, optional=True) = None
+    eps: number(lo=0, lo_open=True, optional=True) = None
+    betas: custom(_betas) = None
+    momentum: number(lo=0, optional=True) = None
+    nesterov: Flag | None = None
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> Self:
+        if self.nesterov and not float(self.momentum or 0) > 0:
+            raise cross(f"optim.optimizer.momentum={self.momentum}: Nesterov SGD needs momentum > 0")
+        return self
+
+
+class Optim(Section):
+    name: Name
+    base_lr: number(lo=0, lo_open=True)
+    default_weight_decay: number(lo=0)
+    state_bytes_per_param: number(lo=0)  # for the memory prediction
+    optimizer: Optimizer
+
+
+class LrSchedule(Section):
+    name: Name
+    warmup_ratio: number(lo=0, hi=1, hi_open=True)
+    warmup_steps: integer(lo=0)
+    kwargs: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- trainer, logger, sweep, debug
+
+
+def _max_steps(value: Any, ctx: dict) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value == -1 or value >= 1)
+    return None if ok else "-1 (use trainer.epochs) or an integer ≥ 1"
+
+
+class Trainer(Section):
+    batch_size: integer(lo=1)
+    eval_batch_size: integer(lo=1)
+    grad_accum: integer(lo=1)
+    epochs: number(lo=0, lo_open=True)
+    max_steps: custom(_max_steps)
+    max_grad_norm: number(lo=0)
+    gradient_checkpointing: Flag
+    precision: choice(PRECISIONS)
+    eval_every: integer(lo=1)
+    logging_steps: integer(lo=1)
+    early_stopping_patience: integer(lo=1, optional=True)
+    seed: integer(lo=0, hi=SEED_MAX)
+    num_workers: integer(lo=0)
+    batching: choice(BATCHINGS)
+    token_budget: integer(lo=1, optional=True)
+    save_every: integer(lo=1, optional=True)
+    keep_checkpoints: integer(lo=1)
+    oom_retry: choice(("auto", True, False))
+
+
+class Wandb(Target):
+    project: Name
+    entity: OptName
+    mode: choice(WANDB_MODES)
+    tags: Texts
+    init_timeout_s: number(lo=0, lo_open=True)
+
+
+class Logger(Section):
+    wandb: Wandb | None
+
+
+class Sweep(Section):
+    force: Flag
+    rerun_stale: Flag
+    skip_predicted_oom: Flag
+    device_memory_gb: number(lo=0, lo_open=True, optional=True)
+
+
+class Debug(Section):
+    """Fault injection (conf/debug/default.yaml): every failure path is tested for real."""
+
+    fail_at_step: integer(lo=1, optional=True)
+    oom_at_step: integer(lo=1, optional=True)
+    oom_attempts: integer(lo=0)
+    nan_at_step: integer(lo=1, optional=True)
+    sleep_per_step: number(lo=0)
+
+
+# --------------------------------------------------------------------------- the whole config
+
+
+def _lora_targets(ctx: dict) -> list[str]:
+    return list(ctx["model"].lora_targets)
+
+
+class RunConfig(Section):
+    """conf/config.yaml: the keys studies sweep most (top level), then one section per config group."""
+
+    rank: integer(
+        lo=1,
+        hi=lambda c: c["model"].hidden_size,
+        note=lambda c: f"the model's hidden size is {c['model'].hidden_size}",
+    )
+    alpha: number(lo=0, lo_open=True)
+    lora_targets: choice(_lora_targets)
+    lora_dropout: number(lo=0, hi=1, hi_open=True)
+    frozen_blocks: integer(
+        lo=0,
+        hi=lambda c: c["model"].num_layers,
+        note=lambda c: f"model={c['model'].name} has {c['model'].num_layers} blocks",
+    )
+    seed: integer(lo=0, hi=SEED_MAX)
+    study: OptName
+    lr: number(lo=0, lo_open=True)
+    weight_decay: number(lo=0)
+    resume: choice(("auto", "never"))
+    cache_dir: OptName
+    sweep: Sweep
+    task: Task
+    model: Model
+    method: Method
+    data: Data
+    optim: Optim
+    lr_schedule: LrSchedule
+    trainer: Trainer
+    logger: Logger
+    eval: Eval
+    debug: Debug
+    # Helper keys that studies (sweeps/*.yaml, merged at the top level) interpolate from.
+    quick_max_steps: dict[str, int] | None = None
+    alpha_multiple: number(lo=0, lo_open=True, optional=True) = None
+    effective_batch: integer(lo=1, optional=True) = None
+    grad_accum_for_batch_size: dict[str, int] | None = None
+    frozen_blocks_grid: dict[str, Any] | None = None

@@ -1,0 +1,104 @@
+"""The embedded default's data: deterministic instruction records in Alpaca's format (reverse or sort digits,
+add two numbers, change a word's case), labelled "reviews" for task=classification, and the text the tiny
+model's tokenizer is trained on. The data YAMLs name these generators by `_target_`."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from src.config import CONF_DIR
+from src.data.render import render_prompt, render_response
+
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "tiger",
+    "piano",
+    "garden",
+    "silver",
+    "window",
+    "rocket",
+    "forest",
+    "candle",
+    "ocean",
+    "pepper",
+    "marble",
+    "violet",
+    "castle",
+    "dragon",
+    "summer",
+    "winter",
+    "basket",
+    "orange",
+    "planet",
+]
+
+
+# --------------------------------------------------------------------------- the synthetic task
+
+
+def digits_record(xs: list[str], reverse: bool) -> dict[str, str]:
+    """One synthetic task: reverse, or sort, a list of digits (also benchmarks/alpaca_like.py's)."""
+    if reverse:
+        return {"instruction": "Reverse the list.", "input": " ".join(xs), "output": " ".join(xs[::-1])}
+    return {
+        "instruction": "Sort the numbers in ascending order.",
+        "input": " ".join(xs),
+        "output": " ".join(sorted(xs)),
+    }
+
+
+def case_record(words: list[str], upper: bool) -> dict[str, str]:
+    """One synthetic task: words in the other case, to be converted to upper (or lower) case."""
+    text = " ".join(w.lower() if upper else w.upper() for w in words)
+    return {
+        "instruction": f"Convert the text to {'upper' if upper else 'lower'} case.",
+        "input": text,
+        "output": text.upper() if upper else text.lower(),
+    }
+
+
+def synthetic_records(n: int, seed: int) -> list[dict[str, str]]:
+    """Deterministic Alpaca-format records: reverse/sort digits, add numbers, change a word's case."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        kind = rng.randrange(5)
+        if kind < 2:
+            out.append(digits_record([str(rng.randrange(10)) for _ in range(rng.randint(3, 7))], kind == 0))
+        elif kind == 2:
+            a, b = rng.randrange(50), rng.randrange(50)
+            out.append({"instruction": "Add the two numbers.", "input": f"{a} + {b}", "output": str(a + b)})
+        else:
+            out.append(case_record(rng.sample(WORDS, rng.randint(1, 3)), kind == 3))
+    return out
+
+
+_POSITIVE = ["great", "lovely", "superb", "moving", "brilliant", "charming", "delightful", "fresh"]
+_NEGATIVE = ["dull", "awful", "clumsy", "boring", "tedious", "bland", "messy", "weak"]
+
+
+def synthetic_labelled(n: int, seed: int) -> list[dict[str, Any]]:
+    """Deterministic labelled "reviews" for task=classification: label 1 when positive words win."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = rng.choice((3, 5))
+        pos = rng.randint(0, k)
+        words = rng.sample(_POSITIVE, pos) + rng.sample(_NEGATIVE, k - pos)
+        rng.shuffle(words)
+        out.append({"sentence": "the film was " + " ".join(words), "label": int(pos * 2 > k)})
+    return out
+
+
+def tokenizer_corpus() -> Iterator[str]:
+    """Text the tiny model's BPE is trained on: the synthetic task rendered with the Alpaca templates."""
+    conf = OmegaConf.load(CONF_DIR / "data" / "alpaca.yaml")
+    for rec in synthetic_records(3000, seed=1234):
+        yield render_prompt(conf, rec) + render_response(conf, rec)

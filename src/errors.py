@@ -1,0 +1,37 @@
+"""What can go wrong in a run, as exception types, and the record status each one means.
+
+Every module raises these rather than importing them from the module that happens to catch them, so the
+import graph stays one-way (config → data → model → train → evaluate → record → report)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error: its message is one line naming key, value and what is allowed."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or inf."""
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved and the run stopped."""
+
+
+class SkippedOOM(Exception):
+    """The run is predicted not to fit in device memory (sweep.skip_predicted_oom)."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError (a RuntimeError subclass), MemoryError, or any 'out of memory' message."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return "out of memory" in str(exc).lower()
+
+
+def status_of(exc: BaseException) -> str:
+    """The record status of a run that raised `exc` (records.STATUSES)."""
+    if isinstance(exc, ConfigError):
+        return "invalid"
+    known = {Diverged: "diverged", Interrupted: "interrupted", SkippedOOM: "skipped_oom"}
+    return known.get(type(exc)) or ("oom" if is_oom(exc) else "failed")

@@ -1,0 +1,208 @@
+"""The transformers Trainer as the recipe uses it: its arguments from the trainer and schedule configs, the
+callbacks and forward hooks a run needs, resuming, and what a finished training session measured.
+
+The Trainer does the loop, gradient accumulation, mixed precision, checkpoints and resuming; this module
+only configures it. PackedRows batches need a forward pre-hook (src/data/collate.py), the padding share
+another; both are registered here, in that order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from src import build, callbacks, costs
+from src.data.collate import collator, drop_packed_attention_mask
+from src.evaluation.task_metrics import logits_accuracy
+from src.specs import Spec
+
+
+def training_arguments(cfg: DictConfig, spec: Spec, precision: str, output_dir: Path):
+    """TrainingArguments from cfg.trainer and cfg.lr_schedule (the Trainer's own defaults never decide)."""
+    import torch
+    from transformers import TrainingArguments
+
+    t, sched = cfg.trainer, cfg.lr_schedule
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=int(t.batch_size),
+        per_device_eval_batch_size=int(t.eval_batch_size),
+        gradient_accumulation_steps=int(t.grad_accum),
+        num_train_epochs=float(t.epochs),
+        max_steps=int(t.max_steps),
+        max_grad_norm=float(t.max_grad_norm),
+        activation_checkpointing=bool(t.gradient_checkpointing),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        learning_rate=float(cfg.lr),
+        weight_decay=float(cfg.weight_decay),
+        lr_scheduler_type=sched.name,
+        lr_scheduler_kwargs=dict(sched.kwargs),
+        warmup_steps=int(sched.warmup_steps) if int(sched.warmup_steps) > 0 else float(sched.warmup_ratio),
+        eval_strategy="steps",
+        eval_steps=int(t.eval_every),
+        logging_steps=int(t.logging_steps),
+        save_strategy="steps" if t.save_every else "no",
+        save_steps=int(t.save_every or 0) or 500,
+        save_total_limit=int(t.keep_checkpoints),
+        save_only_model=False,  # optimizer, scheduler and RNG state too: a resumed run continues exactly
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        report_to="none",
+        seed=int(t.seed),
+        data_seed=int(t.seed),
+        include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if spec.batching == "group_by_length" else "random",
+        dataloader_num_workers=int(t.num_workers),
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+@dataclass
+class Hooks:
+    """What the recipe reads or switches after training: signal handling, the loss watch, padding counts."""
+
+    stop: callbacks.StopOnSignal
+    loss_watch: callbacks.LossWatch
+    padding: costs.PaddingCounter
+    packed: Any  # the packed-rows pre-hook handle (None unless batching=packing)
+
+
+def make_trainer(
+    cfg: DictConfig,
+    spec: Spec,
+    precision: str,
+    model,
+    tokenizer,
+    splits: dict,
+    metrics_cb,
+    attempt: int,
+    run_dir: Path,
+):
+    """The Trainer for one attempt (attempt > 0: an out-of-memory retry), and its hooks."""
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
+
+    t, debug = cfg.trainer, cfg.debug
+    args = training_arguments(cfg, spec, precision, run_dir / "checkpoints")
+    hooks = Hooks(
+        stop=callbacks.StopOnSignal(),
+        loss_watch=callbacks.LossWatch(model, debug.nan_at_step),
+        padding=costs.PaddingCounter(),
+        packed=None,
+    )
+    cbs: list[Any] = [
+        metrics_cb,
+        hooks.stop,
+        callbacks.FaultInjection(
+            debug.fail_at_step,
+            debug.oom_at_step,
+            attempt,
+            int(debug.oom_attempts),
+            float(debug.sleep_per_step),
+        ),
+    ]
+    if t.early_stopping_patience is not None:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
+    if t.token_budget:
+        cbs.append(callbacks.TokenBudget(int(t.token_budget)))
+    model.register_forward_pre_hook(hooks.padding, with_kwargs=True)  # first: it reads the mask packing drops
+    if spec.batching == "packing":
+        hooks.packed = model.register_forward_pre_hook(drop_packed_attention_mask, with_kwargs=True)
+    opt_cls, opt_kwargs = build.optimizer(cfg.optim.optimizer)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=collator(tokenizer, int(cfg.data.max_seq_len), spec.batching, spec.task.labelled),
+        compute_metrics=logits_accuracy if spec.task.labelled else None,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        processing_class=tokenizer,
+        callbacks=cbs,
+        optimizer_cls_and_kwargs=(opt_cls, opt_kwargs),
+    )
+    trainer.remove_callback(PrinterCallback)  # our StdoutLogger prints the same logs with split prefixes
+    hooks.loss_watch.trainer = trainer
+    return trainer, hooks
+
+
+def finished_at(trainer, resume: str | None, metrics_cb):
+    """A checkpoint already at max_steps (the run was killed after its last checkpoint, say during the final
+    evaluation): the Trainer resumed from it would train one step past max_steps, so load its weights and
+    state instead of training. Returns the TrainOutput trainer.train would, or None when steps are left."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    if not resume or trainer.args.max_steps <= 0:
+        return None
+    state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+    if state.global_step < trainer.args.max_steps:
+        return None
+    trainer._load_from_checkpoint(resume)  # what train(resume_from_checkpoint=) loads: weights or adapter
+    trainer.state = state
+    metrics_cb.start_step, metrics_cb.start_tokens = state.global_step, state.num_input_tokens_seen
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    return TrainOutput(state.global_step, losses[-1] if losses else float("nan"), {"train_runtime": 0.0})
+
+
+def final_losses(trainer, splits: dict, test_split: bool) -> dict[str, float]:
+    """Eval loss (the Trainer's evaluation at the last step when it made one), eval accuracy of a
+    classifier, and the test split's loss and accuracy."""
+    state = trainer.state
+    last_eval = [h for h in state.log_history if "eval_loss" in h]
+    final = (
+        last_eval[-1] if last_eval and last_eval[-1].get("step") == state.global_step else trainer.evaluate()
+    )
+    out = {"eval_loss": final["eval_loss"]}
+    if "eval_accuracy" in final:
+        out["eval_accuracy"] = final["eval_accuracy"]
+    if test_split and len(splits["test"]) > 0:
+        test = trainer.evaluate(splits["test"], metric_key_prefix="test")
+        out["test_loss"] = test["test_loss"]
+        if "test_accuracy" in test:
+            out["test/accuracy"] = test["test_accuracy"]
+    return out
+
+
+def session_metrics(trainer, result, metrics_cb, hooks: Hooks, batching: str) -> dict[str, Any]:
+    """What this training session measured: losses, tokens and their rate over the training time alone
+    (evaluations inside trainer.train() excluded), padding share, time per epoch, steps."""
+    state = trainer.state
+    # Evaluation inside trainer.train() (every eval_every steps, and at the last step under
+    # eval_strategy="steps") counts in train_runtime; tokens/s is over the training time alone.
+    eval_in_train_s = sum(
+        float(h.get("eval_runtime", 0.0))
+        for h in state.log_history
+        if "eval_loss" in h and h.get("step", 0) > metrics_cb.start_step
+    )
+    train_losses = [h["train/loss"] for h in metrics_cb.history if "train/loss" in h]
+    runtime = float(result.metrics["train_runtime"])
+    epochs_done = float(state.epoch or 0.0)
+    trained_for = runtime - eval_in_train_s
+    return {
+        "train_loss": train_losses[-1] if train_losses else result.training_loss,
+        "tokens_trained": int(state.num_input_tokens_seen),
+        # this session's tokens over this session's time (a resumed run counts only what it trained)
+        "tokens_per_s": (state.num_input_tokens_seen - metrics_cb.start_tokens) / trained_for
+        if trained_for > 0
+        else 0.0,
+        "train_runtime_s": runtime,
+        "eval_in_train_s": eval_in_train_s,
+        "batching": batching,
+        "padding_share": hooks.padding.share(),  # of the tokens trained in this session
+        "time_per_epoch_s": runtime / epochs_done if epochs_done > 0 else None,
+        "steps": int(state.global_step),
+        "epochs": epochs_done,
+    }
+
+
+def perplexities(losses: dict[str, float]) -> dict[str, float | None]:
+    test = losses.get("test_loss")
+    return {
+        "perplexity": math.exp(min(losses["eval_loss"], 50.0)),
+        "test_perplexity": math.exp(min(test, 50.0)) if test is not None else None,
+    }
