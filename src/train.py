@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from src import records, specs
 from src.config import cache_dir, flatten, load_resolved
-from src.errors import is_oom
+from src.errors import Interrupted, is_oom
 
 
 def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "default", attempt: int = 0):
@@ -28,7 +28,6 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
     from src import costs, data, methods, models
     from src import trainer as hf
     from src.evaluation import forgetting, scoring
-    from src.evaluation.generation import settings
     from src.loggers import Loggers, MetricsCallback
 
     _quiet_libraries()
@@ -42,9 +41,9 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
     # 1. Tokenizer, data (tokenised splits and the rendered test prompts), model, method.
     path = models.model_path(cfg.model, cache)
     tokenizer = models.load_tokenizer(path, bool(cfg.model.trust_remote_code))
-    generation = settings(cfg.eval.generation)
     prompts = int(cfg.eval.num_samples) if spec.task.generates_text else 0
-    prepared = data.build(cfg.data, tokenizer, cache, spec.task.labelled, prompts, generation.max_new_tokens)
+    reserve = int(cfg.eval.generation.max_new_tokens)  # test prompts leave room for the generation
+    prepared = data.build(cfg.data, tokenizer, cache, spec.task.labelled, prompts, reserve)
     model = models.load_model(path, cfg.model, spec, cfg.method.quantization, models.DTYPES[precision])
     generic, generic_before = None, None
     if cfg.eval.forgetting and spec.task.generates_text:  # the base model's loss, the same for every method
@@ -161,9 +160,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _interrupted(signum: int, step: int, checkpoints: Path):
-    from src.errors import Interrupted
-
+def _interrupted(signum: int, step: int, checkpoints: Path) -> Interrupted:
     stop = Interrupted(
         f"signal {signum} at step {step}; checkpoint saved in {checkpoints}, re-run the same command to resume"
     )
