@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from src import records, specs
+from src.checkpoints import resumable_checkpoint
 from src.config import cache_dir, flatten, load_resolved
 from src.errors import Interrupted, is_oom
 
@@ -77,7 +78,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
             out["initial_eval_loss"] = trainer.evaluate()["eval_loss"]
         costs.reset_peak_memory()
         checkpoints = Path(trainer.args.output_dir)
-        resume = records.resumable_checkpoint(checkpoints, cfg, force=bool(cfg.sweep.force))
+        resume = resumable_checkpoint(checkpoints, cfg, force=bool(cfg.sweep.force))
         if resume:
             print(f"tunegrid: resuming from {resume}")
         hooks.stop.install()
