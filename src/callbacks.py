@@ -5,12 +5,12 @@ failure path is tested for real."""
 from __future__ import annotations
 
 import math
-import signal
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
+from src import interrupts
 from src.errors import Diverged
 
 
@@ -83,28 +83,64 @@ class FaultInjection(TrainerCallback):
 
 
 class StopOnSignal(TrainerCallback):
-    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, stop; the caller records
-    status=interrupted. A second signal exits at once."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
+    """The first SIGTERM/SIGINT in training (src/interrupts.py): finish the current step, save a checkpoint,
+    stop; the recipe then records status=interrupted."""
 
     def on_step_end(self, args, state, control, **kw):
-        if self.signal is not None:
+        if interrupts.received() is not None:
             control.should_save = True
             control.should_training_stop = True
+
+
+class RunTotals(TrainerCallback):
+    """What a run measured over all its steps, not just this session's: the training loss of every step
+    (the Trainer's running sum is a local of its loop, and its logs are window means rounded to 4 digits)
+    and the padding counts. Carried in each checkpoint's trainer_state.json (state.stateful_callbacks),
+    so a run resumed at any step ends with the same train_loss and padding_share as one never stopped."""
+
+    KEY = "tunegrid_run_totals"
+
+    def __init__(self, window: int, padding):
+        self.window = max(int(window), 1)  # train_loss: the mean over the last `window` steps
+        self.padding = padding  # costs.PaddingCounter
+        self.step_loss = 0.0
+        self.recent: list[float] = []
+        self.loss_sum, self.steps = 0.0, 0
+
+    def add(self, micro_loss) -> None:
+        """One micro-batch's loss as the Trainer counts it (training_step's return value)."""
+        self.step_loss += float(micro_loss)
+
+    def state(self) -> dict:
+        return {
+            "recent": self.recent,
+            "loss_sum": self.loss_sum,
+            "steps": self.steps,
+            "processed": self.padding.processed,
+            "real": int(self.padding.real),
+        }
+
+    def restore(self, state) -> None:
+        """From a checkpoint's TrainerState (resume), if it carries totals."""
+        saved = (state.stateful_callbacks or {}).get(self.KEY)
+        if saved:
+            self.recent, self.loss_sum, self.steps = list(saved["recent"]), saved["loss_sum"], saved["steps"]
+            self.padding.processed, self.padding.real = saved["processed"], saved["real"]
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.restore(state)
+        self.step_loss = 0.0
+
+    def on_step_end(self, args, state, control, **kw):
+        self.recent = [*self.recent, self.step_loss][-self.window :]
+        self.loss_sum += self.step_loss
+        self.steps += 1
+        self.step_loss = 0.0
+        self.export(state)
+
+    def export(self, state) -> None:
+        """Into the state the next checkpoint saves (the Trainer saves stateful_callbacks as they are)."""
+        state.stateful_callbacks[self.KEY] = self.state()
+
+    def train_loss(self) -> float | None:
+        return sum(self.recent) / len(self.recent) if self.recent else None

@@ -188,11 +188,13 @@ class MetricsCallback(TrainerCallback):
         self._last = (0, None)  # (tokens seen, time)
         self.start_tokens = 0
         self.start_step = 0
+        self.start_epoch = 0.0
         self.history: list[dict[str, float]] = []
 
     def on_train_begin(self, args, state, control, **kw):
         self.start_tokens = state.num_input_tokens_seen  # > 0 when resumed from a checkpoint
         self.start_step = state.global_step
+        self.start_epoch = float(state.epoch or 0.0)
         self._last = (state.num_input_tokens_seen, time.perf_counter())
 
     def on_log(self, args, state, control, logs=None, **kw):

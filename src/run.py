@@ -1,8 +1,9 @@
 """The one entrypoint: `python -m src.run [key=value ...] [-m]`.
 
-Hydra composes the config; `main` validates it, skips a run that already succeeded, trains through the
-recipe (src/train.py) and records the outcome. It is the task wrapper too: a run that fails is recorded
-and returns, so that one crashing cell never kills a grid (GridSummary, src/grid.py, reports the grid).
+Hydra composes the config and picks the run's folder (named from the config: src/config/identity.py);
+`run_job` hands both to the task wrapper (src/train.py `run_recorded`), which validates, claims the folder,
+skips a run that already succeeded, trains and records. A run that fails is recorded and returns, so that
+one crashing cell never kills a grid (GridSummary, src/grid.py, reports the grid).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src import records
-from src.config import save_resolved, validate
-from src.train import train_with_retries
+from src import interrupts, records
+from src.config import validate
+from src.train import run_recorded
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -33,24 +34,12 @@ def run_job(
 ) -> dict[str, Any]:
     """One run (one cell of a grid when sweep_dir is set): its record, written to run_dir/result.json."""
     record = records.new_record(run_dir, overrides)
-    try:
-        cfg = validate(cfg)
-        records.describe(record, cfg)
-        # Resume a grid: a run that already succeeded with this config (and this code) is not trained again.
-        earlier = records.find_done(sweep_dir or run_dir, record, cfg.sweep)
-        if earlier is not None:
-            return earlier
-        save_resolved(cfg, run_dir)  # `python -m src.train <run_dir>/config.yaml` trains the same run
-        name = ",".join(overrides) or "default"
-        record["group"] = "/".join(sweep_dir.parts[-2:]) if sweep_dir else name  # W&B groups a grid's runs
-        metrics, env, _ = train_with_retries(cfg, run_dir, name, record["group"], record)
-        records.write_success(run_dir, record, metrics, env)
-    except Exception as e:  # the task wrapper: one crashing run must not kill a grid
-        code = records.record_failure(run_dir, record, e)
-        if code > 128 or (code and sweep_dir is None):  # interrupted stops a grid too: the user asked to stop
-            sys.exit(code)
+    record, code = run_recorded(run_dir, record, lambda: validate(cfg), sweep_dir)
+    if code > 128 or (code and sweep_dir is None):  # interrupted stops a grid too: the user asked to stop
+        sys.exit(code)
     return record
 
 
 if __name__ == "__main__":
+    interrupts.install()  # from the first moment: a signal while Hydra composes is one line, not a traceback
     main()

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from src import records, specs
+from src import interrupts, records, specs
 from src.checkpoints import resumable_checkpoint
-from src.config import cache_dir, flatten, load_resolved
-from src.errors import Interrupted, is_oom
+from src.claim import Claim
+from src.config import cache_dir, flatten, load_resolved, save_resolved
+from src.errors import ConfigError, Interrupted, is_oom
 
 
 def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "default", attempt: int = 0):
@@ -35,7 +37,8 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
     spec = specs.of(cfg)  # what the method and task can do (checked at validation)
     precision = models.resolve_precision(cfg.trainer.precision)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    transformers.set_seed(int(cfg.trainer.seed))
+    seed = int(cfg.trainer.seed)
+    transformers.set_seed(seed)
     cache = cache_dir(cfg)
     scoring.preflight(cfg.eval)  # an enabled reward model / judge that cannot be reached fails now
 
@@ -45,6 +48,9 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
     prompts = int(cfg.eval.num_samples) if spec.task.generates_text else 0
     reserve = int(cfg.eval.generation.max_new_tokens)  # test prompts leave room for the generation
     prepared = data.build(cfg.data, tokenizer, cache, spec.task.labelled, prompts, reserve)
+    # Each phase that draws random numbers starts from the run's seed, whatever ran before it (building a
+    # cache entry, converting a GGUF file): the same config gives the same run on a fresh cache and a warm one.
+    transformers.set_seed(seed)
     model = models.load_model(path, cfg.model, spec, cfg.method.quantization, models.DTYPES[precision])
     generic, generic_before = None, None
     if cfg.eval.forgetting and spec.task.generates_text:  # the base model's loss, the same for every method
@@ -55,6 +61,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
             model, tokenizer, generic, int(cfg.eval.forgetting_block_size)
         )
     checkpointing = bool(cfg.trainer.gradient_checkpointing)
+    transformers.set_seed(seed)  # adapters and soft prompts are initialised at random
     model = methods.apply(
         model, spec.method, cfg.method, cfg.model, int(cfg.frozen_blocks), checkpointing, path
     )
@@ -66,6 +73,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
     tags = [spec.method.name, *([f"study:{cfg.study}"] if cfg.get("study") else [])]
     loggers = Loggers(cfg.logger, run_dir, name, group, tags, {**flatten(cfg), "overrides": name, **counts})
     metrics_cb = MetricsCallback(loggers.backends)
+    started = False
     try:
         # 3. The Trainer, configured from the YAML.
         trainer, hooks = hf.make_trainer(
@@ -81,20 +89,18 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
         resume = resumable_checkpoint(checkpoints, cfg, force=bool(cfg.sweep.force))
         if resume:
             print(f"tunegrid: resuming from {resume}")
-        hooks.stop.install()
+        started = True  # from here on, an interrupted run leaves a checkpoint
         try:
-            result = hf.finished_at(trainer, resume, metrics_cb) or trainer.train(
-                resume_from_checkpoint=resume
-            )
+            with interrupts.phase("training"):
+                result = hf.finished_at(trainer, resume, metrics_cb, hooks) or trainer.train(
+                    resume_from_checkpoint=resume
+                )
         except BaseException as e:
             e.step_reached = trainer.state.global_step + 1  # the step in progress, for the record
             raise
         finally:
-            hooks.stop.uninstall()
             hooks.loss_watch.trainer = None  # evaluation and generation below are not training steps
-        if hooks.stop.signal is not None:
-            loggers.finish({"status": "interrupted"})
-            raise _interrupted(hooks.stop.signal, trainer.state.global_step, checkpoints)
+        interrupts.check()  # the first signal stopped training at the end of a step
 
         # 5. Losses after training, the saved weights (the adapter alone for PEFT methods), cost metrics.
         out.update(peak_memory_mb=costs.peak_memory_mb(), predicted_memory_mb=predicted["total_mb"])
@@ -115,6 +121,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
         )
         if hooks.packed is not None:
             hooks.packed.remove()  # generation below passes its own attention mask and positions
+        transformers.set_seed(seed)  # sampled generations do not depend on how training got here
 
         # 6. Forgetting, generations on the test prompts (samples.jsonl + W&B table), task / reward / judge metrics.
         extra: dict[str, float] = {}
@@ -142,7 +149,17 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
         metrics_cb.emit(extra, int(trainer.state.global_step))
         out.update(extra)
     except BaseException as e:
-        loggers.finish({"status": "failed", "error": records.error_summary(e)})
+        if isinstance(e, Interrupted):
+            with interrupts.phase("deferred"):  # a further signal must not cut the checkpoint in half
+                if started:
+                    hf.save_checkpoint(trainer, hooks)
+                    step = e.step_reached = trainer.state.global_step
+                    e.args = (
+                        f"{e} at step {step}; checkpoint in {checkpoints}, re-run the same command to resume",
+                    )
+                loggers.finish({"status": "interrupted", "error": str(e)})
+        else:
+            loggers.finish({"status": "failed", "error": records.error_summary(e)})
         raise
     loggers.finish({k: v for k, v in out.items() if v is not None})
     return out, records.env_info(device), trainer
@@ -159,14 +176,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-def _interrupted(signum: int, step: int, checkpoints: Path) -> Interrupted:
-    stop = Interrupted(
-        f"signal {signum} at step {step}; checkpoint saved in {checkpoints}, re-run the same command to resume"
-    )
-    stop.step_reached, stop.signum = step, signum
-    return stop
 
 
 def train_with_retries(cfg: DictConfig, run_dir: Path, name: str, group: str, record: dict[str, Any]):
@@ -218,6 +227,76 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+# --------------------------------------------------------------------------- the task wrapper
+
+
+def run_recorded(
+    run_dir: Path,
+    record: dict[str, Any],
+    load: Callable[[], DictConfig],
+    sweep_dir: Path | None = None,
+    skip_done: bool = True,
+    name: str | None = None,
+    group: str | None = None,
+) -> tuple[dict[str, Any], int]:
+    """One run as a job, for src.run (each cell of a grid) and `python -m src.train`: validate (`load`), claim
+    the folder, skip a run that already succeeded, train, record. Never raises for a failed run, so that one
+    crashing cell never kills a grid; returns (the record, the exit code a single run ends with)."""
+    interrupts.begin_run()
+    claim = None
+    try:
+        with interrupts.phase("run"):
+            cfg = load()
+            records.describe(record, cfg)
+            claim = Claim(run_dir)
+            if not claim.acquire(record["started_at"]):
+                return _claimed(run_dir, record, claim.holder(), sweep_dir)
+            _refuse_another_configs_folder(run_dir, record)
+            # Resume a grid: a run that already succeeded with this config (and this code) is not trained again.
+            earlier = records.find_done(sweep_dir or run_dir, record, cfg.sweep) if skip_done else None
+            if earlier is not None:
+                return earlier, 0
+            records.reserve(run_dir)  # room for the failure record, should the disk fill up
+            save_resolved(cfg, run_dir)  # `python -m src.train <run_dir>/config.yaml` trains the same run
+            name = name or ",".join(record["overrides"]) or "default"
+            record["group"] = group or ("/".join(sweep_dir.parts[-2:]) if sweep_dir else name)
+            metrics, env, _ = train_with_retries(cfg, run_dir, name, record["group"], record)
+        with interrupts.phase("deferred"):  # a signal now must not cut the record in half
+            records.write_success(run_dir, record, metrics, env)
+        signum = interrupts.received()
+        code = 128 + signum if signum else 0
+    except Exception as e:  # the task wrapper: one crashing run must not kill a grid
+        with interrupts.phase("deferred"):
+            code = records.record_failure(run_dir, record, e)
+    finally:
+        if claim is not None:
+            claim.release()
+    return record, code
+
+
+def _refuse_another_configs_folder(run_dir: Path, record: dict[str, Any]) -> None:
+    """Folders are named from the config, so only a hydra.run.dir given by hand can hold another config's
+    finished run: refused before anything is written there (its checkpoints would be moved aside)."""
+    mine = records.read_record(run_dir)
+    if mine and mine.get("status") == "success" and mine.get("config_hash") != record["config_hash"]:
+        raise ConfigError(
+            f"hydra.run.dir={run_dir}: holds the finished run of another config "
+            f"({','.join(mine.get('overrides') or []) or 'defaults'}); choose another folder"
+        )
+
+
+def _claimed(run_dir: Path, record: dict[str, Any], holder: str, sweep_dir: Path | None):
+    """Another live process runs this folder: a grid moves on to its next cell, a single run stops."""
+    if sweep_dir is not None:
+        print(f"tunegrid: skipped, {run_dir} is being run by {holder}")
+        return {**record, "status": "claimed", "error": f"being run by {holder}"}, 0
+    print(
+        f"tunegrid: error: {run_dir} is being run by {holder}; wait for it, or choose another hydra.run.dir",
+        file=sys.stderr,
+    )
+    return record, 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m src.train <run_dir>/config.yaml`: train the resolved config a run folder holds and record it
     there, as `python -m src.run` would have (exit codes included)."""
@@ -231,17 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = args.config.resolve().parent
     record = records.new_record(run_dir, records.hydra_overrides(run_dir))
-    try:
-        cfg = load_resolved(args.config)
-        records.describe(record, cfg)
-        name = args.name or ",".join(record["overrides"]) or "default"
-        record["group"] = args.group or name
-        metrics, env, _ = train_with_retries(cfg, run_dir, name, record["group"], record)
-        records.write_success(run_dir, record, metrics, env)
-    except Exception as e:
-        return records.record_failure(run_dir, record, e)
-    return 0
+    _, code = run_recorded(
+        run_dir, record, lambda: load_resolved(args.config), skip_done=False, name=args.name, group=args.group
+    )
+    return code
 
 
 if __name__ == "__main__":
+    interrupts.install()
     sys.exit(main())

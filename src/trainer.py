@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src import build, callbacks, costs
+from src import build, callbacks, costs, interrupts
 from src.data.collate import collator, drop_packed_attention_mask
 from src.evaluation.task_metrics import logits_accuracy
 from src.specs import Spec
@@ -67,9 +67,9 @@ def training_arguments(cfg: DictConfig, spec: Spec, precision: str, output_dir: 
 class Hooks:
     """What the recipe reads or switches after training: signal handling, the loss watch, padding counts."""
 
-    stop: callbacks.StopOnSignal
     loss_watch: callbacks.LossWatch
     padding: costs.PaddingCounter
+    totals: callbacks.RunTotals
     packed: Any  # the packed-rows pre-hook handle (None unless batching=packing)
 
 
@@ -89,15 +89,17 @@ def make_trainer(
 
     t, debug = cfg.trainer, cfg.debug
     args = training_arguments(cfg, spec, precision, run_dir / "checkpoints")
+    padding = costs.PaddingCounter()
     hooks = Hooks(
-        stop=callbacks.StopOnSignal(),
         loss_watch=callbacks.LossWatch(model, debug.nan_at_step),
-        padding=costs.PaddingCounter(),
+        padding=padding,
+        totals=callbacks.RunTotals(int(t.logging_steps), padding),
         packed=None,
     )
     cbs: list[Any] = [
         metrics_cb,
-        hooks.stop,
+        callbacks.StopOnSignal(),
+        hooks.totals,
         callbacks.FaultInjection(
             debug.fail_at_step,
             debug.oom_at_step,
@@ -110,7 +112,8 @@ def make_trainer(
         cbs.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
     if t.token_budget:
         cbs.append(callbacks.TokenBudget(int(t.token_budget)))
-    model.register_forward_pre_hook(hooks.padding, with_kwargs=True)  # first: it reads the mask packing drops
+    model.register_forward_pre_hook(interrupts.stop_now, with_kwargs=True)  # a second signal stops here
+    model.register_forward_pre_hook(hooks.padding, with_kwargs=True)  # before packing's: it reads the mask
     if spec.batching == "packing":
         hooks.packed = model.register_forward_pre_hook(drop_packed_attention_mask, with_kwargs=True)
     opt_cls, opt_kwargs = build.optimizer(cfg.optim.optimizer)
@@ -127,13 +130,22 @@ def make_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # our StdoutLogger prints the same logs with split prefixes
     hooks.loss_watch.trainer = trainer
+    step = trainer.training_step
+
+    def training_step(*args, **kwargs):  # the loss of each micro-batch, as the Trainer sums it
+        loss = step(*args, **kwargs)
+        hooks.totals.add(loss)
+        return loss
+
+    trainer.training_step = training_step
     return trainer, hooks
 
 
-def finished_at(trainer, resume: str | None, metrics_cb):
+def finished_at(trainer, resume: str | None, metrics_cb, hooks: Hooks):
     """A checkpoint already at max_steps (the run was killed after its last checkpoint, say during the final
-    evaluation): the Trainer resumed from it would train one step past max_steps, so load its weights and
-    state instead of training. Returns the TrainOutput trainer.train would, or None when steps are left."""
+    evaluation): the Trainer resumed from it would train one step past max_steps, so load its weights,
+    optimizer state and totals instead of training. Returns the TrainOutput trainer.train would, or None
+    when steps are left."""
     from transformers.trainer_callback import TrainerState
     from transformers.trainer_utils import TrainOutput
 
@@ -142,11 +154,28 @@ def finished_at(trainer, resume: str | None, metrics_cb):
     state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
     if state.global_step < trainer.args.max_steps:
         return None
-    trainer._load_from_checkpoint(resume)  # what train(resume_from_checkpoint=) loads: weights or adapter
+    # What train(resume_from_checkpoint=) loads: weights or adapter, then the optimizer (its state is measured).
+    trainer._load_from_checkpoint(resume)
+    trainer.create_optimizer_and_scheduler(num_training_steps=state.max_steps)
+    trainer._load_optimizer_and_scheduler(resume)
     trainer.state = state
-    metrics_cb.start_step, metrics_cb.start_tokens = state.global_step, state.num_input_tokens_seen
-    losses = [h["loss"] for h in state.log_history if "loss" in h]
-    return TrainOutput(state.global_step, losses[-1] if losses else float("nan"), {"train_runtime": 0.0})
+    hooks.totals.restore(state)
+    metrics_cb.on_train_begin(trainer.args, state, trainer.control)
+    return TrainOutput(state.global_step, hooks.totals.train_loss(), {"train_runtime": 0.0})
+
+
+def save_checkpoint(trainer, hooks: Hooks) -> None:
+    """A checkpoint of the last finished step, unless the newest one is already at it: when a run is stopped
+    outside the Trainer's own saving (a second signal, a signal after training)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    step = int(trainer.state.global_step)
+    if step <= 0 or (Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}").is_dir():
+        return
+    hooks.totals.export(trainer.state)
+    trainer._save_checkpoint(
+        trainer.model, trial=None
+    )  # what the Trainer's loop saves: weights, optimizer, RNG
 
 
 def final_losses(trainer, splits: dict, test_split: bool) -> dict[str, float]:
@@ -179,22 +208,22 @@ def session_metrics(trainer, result, metrics_cb, hooks: Hooks, batching: str) ->
         for h in state.log_history
         if "eval_loss" in h and h.get("step", 0) > metrics_cb.start_step
     )
-    train_losses = [h["train/loss"] for h in metrics_cb.history if "train/loss" in h]
     runtime = float(result.metrics["train_runtime"])
     epochs_done = float(state.epoch or 0.0)
+    session_epochs = epochs_done - metrics_cb.start_epoch
     trained_for = runtime - eval_in_train_s
     return {
-        "train_loss": train_losses[-1] if train_losses else result.training_loss,
+        "train_loss": hooks.totals.train_loss(),  # mean over the last logging_steps steps, of the whole run
         "tokens_trained": int(state.num_input_tokens_seen),
         # this session's tokens over this session's time (a resumed run counts only what it trained)
         "tokens_per_s": (state.num_input_tokens_seen - metrics_cb.start_tokens) / trained_for
         if trained_for > 0
-        else 0.0,
+        else None,  # no step trained in this session (it resumed at max_steps)
         "train_runtime_s": runtime,
         "eval_in_train_s": eval_in_train_s,
         "batching": batching,
-        "padding_share": hooks.padding.share(),  # of the tokens trained in this session
-        "time_per_epoch_s": runtime / epochs_done if epochs_done > 0 else None,
+        "padding_share": hooks.padding.share(),  # of all the tokens trained (restored on resume)
+        "time_per_epoch_s": runtime / session_epochs if session_epochs > 0 and runtime > 0 else None,
         "steps": int(state.global_step),
         "epochs": epochs_done,
     }

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from src import specs
 from src.atomic import write_bytes
+from src.config.identity import cell_name, config_hash
 from src.config.schema import Model, RunConfig
 from src.config.values import Unresolved, one_line
 from src.errors import ConfigError
@@ -41,12 +42,26 @@ def _blocks_from(n: Any, total: Any) -> list[int] | None:
     return None if n <= 0 else list(range(n, total))
 
 
+def _cell(*, _root_: DictConfig) -> str:
+    """`${tg.cell:}` in hydra.run.dir and hydra.sweep.subdir: the run's folder name, from its overrides and
+    the hash of its validated config (identity.py). A config that does not validate gets the hash of what
+    was composed, so that its `invalid` record lands in a folder of its own, beside no other run's."""
+    task = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+    try:
+        digest = config_hash(validate(task))
+    except Exception:  # noqa: BLE001 - run_job reports the error in one line; the folder only needs a name
+        digest = config_hash(OmegaConf.to_container(task, resolve=False))
+    overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []
+    return cell_name([str(o) for o in overrides], digest)
+
+
 def register_resolvers() -> None:
     """Resolvers the YAML uses (`${tg.mul:...}` etc.); idempotent so tests can import freely."""
     resolvers: dict[str, Callable[..., Any]] = {
         "tg.mul": _mul,
         "tg.blocks_from": _blocks_from,
         "tg.if_set": lambda n, value: value if int(n) > 0 else None,
+        "tg.cell": _cell,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

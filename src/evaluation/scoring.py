@@ -42,6 +42,7 @@ def evaluate_generations(
     if not prompts:
         return {}
     ev = eval_cfg
+    print(f"tunegrid: generating on {len(prompts)} test prompts (eval.num_samples)", flush=True)
     rows = generate_samples(model, tokenizer, prompts, references, ev.get("generation"), virtual_tokens)
     generations = [r["generation"] for r in rows]
     out: dict[str, float | None] = compute_metrics(

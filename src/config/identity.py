@@ -1,0 +1,47 @@
+"""A run's identity: which keys decide what it computes, its hash, and the folder name built from both.
+
+Two configs that compute different things never share a folder, and the same config always finds its own
+folder again, whichever process, launcher or grid order runs it: the folder name is the config's overrides
+(readable) plus the hash of the validated config (exact), not Hydra's job index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Keys that do not change what a run computes: left out of the hash that folders and resume match on.
+NOT_IDENTITY = ("logger", "sweep", "study", "cache_dir")
+TIMING_ONLY = {"debug": ("sleep_per_step",)}  # fault injection is identity; a slowed step is not
+READABLE_CHARS = 80
+
+
+def identity(cfg: Any) -> dict[str, Any]:
+    """The part of a (resolved) config that decides the run's results."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    out = {k: v for k, v in data.items() if k not in NOT_IDENTITY and k != "hydra"}
+    for group, keys in TIMING_ONLY.items():
+        if isinstance(out.get(group), dict):
+            out[group] = {k: v for k, v in out[group].items() if k not in keys}
+    return out
+
+
+def config_hash(cfg: Any) -> str:
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _counts(override: str) -> bool:
+    key = override.lstrip("+~").split("=", 1)[0]
+    return key.split(".")[0].split("/")[0] not in (*NOT_IDENTITY, "hydra")
+
+
+def cell_name(overrides: list[str], digest: str) -> str:
+    """`<overrides>-<hash>`: `method=lora,rank=8-3f2a9c1b0d`, or `default-<hash>` without overrides.
+    Characters that do not belong in a file name become `_`; long override lists are cut (the hash decides)."""
+    readable = ",".join(sorted(o for o in overrides if _counts(o)))
+    readable = re.sub(r"[^A-Za-z0-9=,.+_-]", "_", readable)[:READABLE_CHARS].strip("._-") or "default"
+    return f"{readable}-{digest[:10]}"
