@@ -4,9 +4,14 @@ the tiny model's architecture, a data generator, the W&B logger, the task's mode
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class, get_object, instantiate
+from omegaconf import OmegaConf
+
+from src.errors import ConfigError
 
 
 def optimizer(optimizer_cfg: Any) -> tuple[type, dict[str, Any]]:
@@ -45,3 +50,38 @@ def wandb_logger(wandb_cfg: Any, **kwargs: Any):
 def model_class(task: Any) -> type:
     """The task spec's transformers Auto class (AutoModelForCausalLM, AutoModelForSequenceClassification)."""
     return get_class(task.auto_model)
+
+
+def check_arguments(cfg: Any) -> None:
+    """Keys passed through to a library (`+optim.optimizer.foo=1`, a PEFT or scheduler argument) are checked
+    against what the library's class or function accepts, before data or a model loads: a typo is one line
+    naming the key, not a TypeError after the model loaded. Types and ranges stay the library's to check."""
+    import transformers.optimization as schedules
+
+    nodes = {"optim.optimizer": cfg.optim.optimizer, "method.peft": cfg.method.get("peft")}
+    nodes["method.quantization"] = cfg.method.get("quantization")
+    for key, node in nodes.items():
+        if node is not None:
+            kwargs = {k: v for k, v in OmegaConf.to_container(node).items() if not k.startswith("_")}
+            _bind(
+                key,
+                get_object(node._target_),
+                kwargs,
+                node._target_,
+                skip=1 if key == "optim.optimizer" else 0,
+            )
+    schedule = schedules.TYPE_TO_SCHEDULER_FUNCTION[schedules.SchedulerType(cfg.lr_schedule.name)]
+    _bind("lr_schedule.kwargs", schedule, dict(cfg.lr_schedule.kwargs), cfg.lr_schedule.name, skip=3)
+
+
+def _bind(key: str, target: Callable, kwargs: dict[str, Any], name: str, skip: int) -> None:
+    """`skip`: leading parameters the caller fills (an optimizer's params; a schedule's optimizer and steps)."""
+    params = list(inspect.signature(target).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params[skip:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for arg, value in kwargs.items():
+        if arg not in accepted:
+            raise ConfigError(
+                f"{key}.{arg}={value!r}: not an argument of {name}; it takes {', '.join(accepted)}"
+            )

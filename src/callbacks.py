@@ -5,12 +5,15 @@ failure path is tested for real."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from src import interrupts
+from src.atomic import share
 from src.errors import Diverged
 
 
@@ -90,6 +93,15 @@ class StopOnSignal(TrainerCallback):
         if interrupts.received() is not None:
             control.should_save = True
             control.should_training_stop = True
+
+
+class ShareCheckpoints(TrainerCallback):
+    """The Trainer's checkpoints readable as the umask allows (safetensors and torch write some files 0600)."""
+
+    def on_save(self, args, state, control, **kw):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            share(folder)
 
 
 class RunTotals(TrainerCallback):

@@ -14,8 +14,9 @@ class Diverged(RuntimeError):
     """The training loss became NaN or inf."""
 
 
-class Interrupted(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint was saved and the run stopped."""
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT arrived (src/interrupts.py); the run stops, with a checkpoint once training started.
+    A BaseException, as KeyboardInterrupt is, so that no library's `except Exception` swallows it."""
 
 
 class SkippedOOM(Exception):

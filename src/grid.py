@@ -4,28 +4,32 @@ not succeed (conf/hydra/default.yaml registers both)."""
 
 from __future__ import annotations
 
+import errno
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from src.records import error_summary, read_records, summary_line
+from src.atomic import probe
+from src.records import RESERVE_BYTES, error_summary, read_records, summary_line
 
 
 class CheckOutputDir(Callback):
-    """Before Hydra writes anything: an output folder that cannot be written is one clear line, not a traceback."""
+    """Before Hydra writes anything: an output folder that cannot be written is one clear line, not a traceback.
+    Real bytes are written and synced (as many as a run reserves for its record), since a full disk still
+    lets an empty file be created."""
 
     def _check(self, key: str, folder: str) -> None:
         path = Path(folder)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".tunegrid-write-test"):
-                pass
+            probe(path, RESERVE_BYTES)
         except OSError as e:
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
             print(
-                f"tunegrid: error: {key}={folder}: cannot write there ({e.strerror or e}); choose a writable folder",
+                f"tunegrid: error: {key}={folder}: cannot write there ({e.strerror or e}); "
+                + ("free some space or choose another folder" if full else "choose a writable folder"),
                 file=sys.stderr,
             )
             sys.exit(2)
@@ -70,7 +74,7 @@ class GridSummary(Callback):
                 f"tunegrid: report not written ({error_summary(e)}); try: python -m src.report {sweep_dir}",
                 file=sys.stderr,
             )
-        bad = [r for r in records if r.get("status") != "success"]
+        bad = [r for r in records if r.get("status") not in ("success", "claimed")]
         if bad:
             print(f"tunegrid: {len(bad)} run(s) did not succeed", file=sys.stderr)
             sys.exit(1)

@@ -3,14 +3,19 @@ outcome becomes one, and the questions later runs ask of earlier records (finish
 
 Schema (version 1): status, error, overrides, method, optimizer, lr_schedule, frozen_blocks,
 config (resolved), config_hash, code_key, metrics, env {git_commit, git_dirty, versions, device, python,
-host}, started_at, ended_at, run_dir, group; on failure traceback_file and step; after OOM retries
-oom_retries and trainer_used. The report (src/report/) reads nothing else.
+host}, started_at, ended_at, run_dir, group; non_finite (metrics written null); on failure
+traceback_file and step (traceback, the tail, when traceback.txt could not be written; written_to_reserve
+when the disk was full); after OOM retries oom_retries and trainer_used. A failure in a folder whose
+result.json says success goes to failure.json beside it (same schema): no failure replaces a success.
+The report (src/report/) reads nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -22,16 +27,18 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from src.atomic import write_json
+from src.atomic import fill_reserved, reserve_file, write_bytes, write_json
 from src.config import REPO_ROOT
+from src.config.identity import config_hash
 from src.errors import ConfigError, status_of
 
 SCHEMA_VERSION = 1
 RECORD = "result.json"
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "hydra-core", "wandb")
 STATUSES = ("success", "failed", "invalid", "oom", "diverged", "interrupted", "skipped_oom")
-# Keys that do not change what a run computes: left out of the config hash that resume matches on.
-NOT_HASHED = ("logger", "sweep", "study", "cache_dir", "debug")
+# Metrics that measure the last session of a run, not the run: a run resumed from a checkpoint reports what
+# its own session took. Every other metric of a resumed run equals the uninterrupted run's.
+SESSION_METRICS = ("tokens_per_s", "train_runtime_s", "eval_in_train_s", "time_per_epoch_s", "peak_memory_mb")
 CODE_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
 CODE_PATHS = ("src", "conf", "sweeps")
 
@@ -71,13 +78,6 @@ def env_info(device: str | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "host": platform.node(),
     }
-
-
-def config_hash(cfg: Any) -> str:
-    """Hash of the resolved config minus keys that do not affect results (logging, resume switches)."""
-    data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
-    data = {k: v for k, v in data.items() if k not in NOT_HASHED}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def code_key() -> str:
@@ -128,16 +128,48 @@ def describe(record: dict[str, Any], cfg: Any) -> None:
     )
 
 
+FAILURE = "failure.json"  # a failure beside an earlier success, which no failure replaces
+TRACEBACK = "traceback.txt"
+RESERVE = ".tunegrid.reserve"
+RESERVE_BYTES = 32 * 1024  # a failure record with its resolved config and the tail of its traceback
+TRACEBACK_TAIL = 8 * 1024  # what a record keeps of the traceback when traceback.txt cannot be written
+
+
 def reserve(run_dir: Path) -> None:
-    """Room for the failure record, taken when a run claims its folder, so that a disk that fills up later
-    still leaves a record (write_failure uses it). TODO(disk-full): implement."""
+    """Room for the failure record, taken when a run claims its folder (RESERVE_BYTES real bytes, fsynced), so
+    that a disk that fills up later still leaves a record: write_failure overwrites them in place and renames
+    them to the record. Raises OSError when even that room is not there. release_reserve gives it back."""
+    reserve_file(Path(run_dir) / RESERVE, RESERVE_BYTES)
+
+
+def release_reserve(run_dir: Path) -> None:
+    """Give the reserved room back once the run's record is written (write_success and record_failure)."""
+    with contextlib.suppress(OSError):  # a folder gone read-only: a hidden file left behind harms nothing
+        (Path(run_dir) / RESERVE).unlink(missing_ok=True)
+
+
+def strict(metrics: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as strict JSON: a NaN or infinite value becomes null, and the record's `non_finite` names it
+    (a bare NaN makes result.json unreadable to strict parsers, jq and browsers among them)."""
+    out, bad = {}, []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            value = strict(value, record)
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad.append(f"{key}={value}")
+            value = None
+        out[key] = value
+    if bad:
+        record.setdefault("non_finite", []).extend(bad)
+    return out
 
 
 def write_success(
     run_dir: Path, record: dict[str, Any], metrics: dict[str, Any], env: dict[str, Any]
 ) -> None:
-    record.update(metrics=metrics, env=env, status="success", ended_at=now())
+    record.update(metrics=strict(metrics, record), env=env, status="success", ended_at=now())
     write_json(Path(run_dir) / RECORD, record)
+    release_reserve(run_dir)  # after the write: a success that meets a full disk fails into the reserve
     print(f"tunegrid: success; record: {Path(run_dir) / RECORD}")
 
 
@@ -149,38 +181,110 @@ def error_summary(exc: BaseException) -> str:
 def write_failure(
     run_dir: Path, record: dict[str, Any], exc: BaseException, status: str = "failed"
 ) -> dict[str, Any]:
-    """Record a failed run: one-line error in the record, the full traceback in a file beside it."""
-    tb = Path(run_dir) / "traceback.txt"
-    tb.write_text("".join(traceback.format_exception(exc)))
+    """Record a failed run: one-line error in the record, the full traceback in a file beside it. An earlier
+    success in the folder is kept, the failure goes beside it (failure.json); on a full disk the record goes
+    into the room `reserve` took. Raises OSError only when no record could be written at all."""
+    _write_failure(Path(run_dir), record, exc, status)
+    return record
+
+
+def _step(exc: BaseException | None) -> int | None:
+    """The step the run reached, set on what training raised, which a later error may have replaced (a
+    metrics log that a full disk keeps from being closed)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if getattr(exc, "step_reached", None) is not None:
+            return exc.step_reached
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _compact(record: dict[str, Any]) -> bytes:
+    """The record as it fits the reserved room: compact JSON, if need be without the resolved config (the
+    run's config.yaml has it), then without the traceback's tail."""
+    rec = dict(record)
+    for drop in ((), ("config", "method_settings"), ("traceback",)):
+        for key in drop:
+            rec.pop(key, None)
+        data = json.dumps(rec, separators=(",", ":"), default=str).encode()
+        if len(data) <= RESERVE_BYTES:
+            break
+    return data
+
+
+def _write_failure(
+    run_dir: Path, record: dict[str, Any], exc: BaseException, status: str
+) -> tuple[Path, OSError | None]:
+    """Where the failure was recorded, and the error that sent it into the reserved room (None: written as
+    usual). The room is given back either way."""
+    earlier = read_record(run_dir)
+    target = run_dir / (FAILURE if earlier and earlier.get("status") == "success" else RECORD)
+    text = "".join(traceback.format_exception(exc))
     record.update(
         status=status,
         error=error_summary(exc) if status != "invalid" else str(exc),
         ended_at=now(),
-        traceback_file=tb.name,
-        step=getattr(exc, "step_reached", None),
+        traceback_file=TRACEBACK,
+        step=_step(exc),
     )
-    write_json(Path(run_dir) / RECORD, record)
-    return record
+    try:
+        try:
+            write_bytes(run_dir / TRACEBACK, text)
+        except OSError:  # its tail in the record instead
+            record.update(traceback_file=None, traceback=text[-TRACEBACK_TAIL:])
+        write_json(target, record)
+        return target, None
+    except OSError as e:  # a full disk, most likely: the reserved room, or no record at all
+        record["written_to_reserve"] = error_summary(e)
+        try:
+            fill_reserved(run_dir / RESERVE, target, _compact(record))
+        except OSError:
+            record.pop("written_to_reserve")
+            raise e from None
+        return target, e
+    finally:
+        release_reserve(run_dir)
+
+
+def _recorded(run_dir: Path, record: dict[str, Any], exc: BaseException, status: str) -> tuple[bool, str]:
+    """Record the failure; (whether a record was written, where, for the one line on stderr)."""
+    try:
+        where, full = _write_failure(run_dir, record, exc, status)
+    except OSError as e:
+        return False, f"no record written in {run_dir}: {e.strerror or error_summary(e)}"
+    said = f"record: {where}"
+    if where.name == FAILURE:
+        said = f"earlier success kept in {run_dir / RECORD}; this failure recorded in {where}"
+    if full is not None:
+        said += f"; {full.strerror or error_summary(full)}: written into the room reserved for it"
+    return True, said
 
 
 def record_failure(run_dir: Path, record: dict[str, Any], exc: BaseException) -> int:
-    """The task wrapper's half that runs after a failure: record it (a bad value never overwrites an
-    earlier run's record), say so in one line on stderr, and return the exit code of a single run:
-    2 for a bad value, 128 + signal when interrupted, 0 for a cell skipped as predicted not to fit, else 1."""
+    """The task wrapper's half that runs after a failure: record it (a bad value never overwrites an earlier
+    run's record, no failure replaces a success), say so in one line on stderr (a record a full disk kept
+    out included: never a traceback), and return the exit code of a single run: 2 for a bad value,
+    128 + signal when interrupted, 0 for a cell skipped as predicted not to fit, else 1."""
     status = status_of(exc)
     run_dir = Path(run_dir)
-    if isinstance(exc, ConfigError):
-        print(f"tunegrid: error: {exc}", file=sys.stderr)
-        if not (run_dir / RECORD).exists():
-            write_failure(run_dir, record, exc, status=status)
-        return 2
-    if status == "skipped_oom":
-        record["metrics"] = {
-            "predicted_memory_mb": exc.predicted["total_mb"],
-            "predicted_memory": exc.predicted,
-        }
-    write_failure(run_dir, record, exc, status=status)
-    print(f"tunegrid: run {status}: {error_summary(exc)} (record: {run_dir / RECORD})", file=sys.stderr)
+    try:
+        if isinstance(exc, ConfigError):
+            line = f"tunegrid: error: {exc}"
+            if not (run_dir / RECORD).exists():
+                written, said = _recorded(run_dir, record, exc, status)
+                line += "" if written else f" ({said})"
+            print(line, file=sys.stderr)
+            return 2
+        if status == "skipped_oom":
+            record["metrics"] = {
+                "predicted_memory_mb": exc.predicted["total_mb"],
+                "predicted_memory": exc.predicted,
+            }
+        _, said = _recorded(run_dir, record, exc, status)
+        print(f"tunegrid: run {status}: {error_summary(exc)} ({said})", file=sys.stderr)
+    finally:
+        release_reserve(run_dir)
     if status == "interrupted":
         return 128 + getattr(exc, "signum", 2)
     return 0 if status == "skipped_oom" else 1
@@ -189,13 +293,25 @@ def record_failure(run_dir: Path, record: dict[str, Any], exc: BaseException) ->
 # --------------------------------------------------------------------------- earlier records
 
 
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The record in a run folder, or None when there is none or it cannot be read."""
+    try:
+        rec = json.loads((Path(run_dir) / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def read_records(root: Path) -> list[dict[str, Any]]:
     """Every finished record under root (depth-first, sorted by path)."""
     out = []
     for path in sorted(Path(root).rglob(RECORD)):
         try:
             rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:  # a truncated or foreign file: said, and its cell runs again
+            print(f"tunegrid: {path}: not a readable record ({error_summary(e)}); left out", file=sys.stderr)
             continue
         rec["_path"] = str(path)
         out.append(rec)
@@ -230,7 +346,7 @@ def summary_line(rec: dict[str, Any]) -> str:
     keys = ",".join(rec.get("overrides") or []) or "defaults"
     if rec.get("status") == "success":
         return (
-            f"  {rec['status']:<8} {keys:<40} eval_loss={m.get('eval_loss', float('nan')):.4f} "
-            f"trainable={m.get('trainable_params')} tokens/s={m.get('tokens_per_s', 0):.0f}"
+            f"  {rec['status']:<8} {keys:<40} eval_loss={m.get('eval_loss') or float('nan'):.4f} "
+            f"trainable={m.get('trainable_params')} tokens/s={m.get('tokens_per_s') or 0:.0f}"
         )
     return f"  {rec.get('status', '?'):<8} {keys:<40} {rec.get('error', '')}"

@@ -9,6 +9,7 @@ that starts several processes runs in each). Heavy libraries are imported inside
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from src import interrupts, records, specs
+from src.atomic import share
 from src.checkpoints import resumable_checkpoint
 from src.claim import Claim
 from src.config import cache_dir, flatten, load_resolved, save_resolved
@@ -28,7 +30,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
     import torch
     import transformers
 
-    from src import costs, data, methods, models
+    from src import build, costs, data, methods, models
     from src import trainer as hf
     from src.evaluation import forgetting, scoring
     from src.loggers import Loggers, MetricsCallback
@@ -41,6 +43,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
     transformers.set_seed(seed)
     cache = cache_dir(cfg)
     scoring.preflight(cfg.eval)  # an enabled reward model / judge that cannot be reached fails now
+    build.check_arguments(cfg)  # keys passed through to a library, before anything loads
 
     # 1. Tokenizer, data (tokenised splits and the rendered test prompts), model, method.
     path = models.model_path(cfg.model, cache)
@@ -108,6 +111,9 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
         out.update(hf.final_losses(trainer, prepared.splits, bool(cfg.eval.test_split)))
         ckpt = run_dir / "checkpoint"
         trainer.model.save_pretrained(ckpt, safe_serialization=True)
+        if not any(ckpt.glob("*.safetensors")):  # save_pretrained only logs some failures (ckpt a file)
+            raise RuntimeError(f"{ckpt}: the weights were not saved")
+        share(ckpt)  # safetensors writes 0600, whatever the umask
         session = hf.session_metrics(trainer, result, metrics_cb, hooks, spec.batching)
         out.update(
             train_loss=session.pop("train_loss"),
@@ -155,11 +161,12 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
                     hf.save_checkpoint(trainer, hooks)
                     step = e.step_reached = trainer.state.global_step
                     e.args = (
-                        f"{e} at step {step}; checkpoint in {checkpoints}, re-run the same command to resume",
+                        f"{e} at step {step}; checkpoint saved in {checkpoints}, re-run the same command to resume",
                     )
                 loggers.finish({"status": "interrupted", "error": str(e)})
         else:
-            loggers.finish({"status": "failed", "error": records.error_summary(e)})
+            with contextlib.suppress(Exception):  # a second error (a full disk) must not hide the first
+                loggers.finish({"status": "failed", "error": records.error_summary(e)})
         raise
     loggers.finish({k: v for k, v in out.items() if v is not None})
     return out, records.env_info(device), trainer
@@ -265,7 +272,7 @@ def run_recorded(
             records.write_success(run_dir, record, metrics, env)
         signum = interrupts.received()
         code = 128 + signum if signum else 0
-    except Exception as e:  # the task wrapper: one crashing run must not kill a grid
+    except (Exception, Interrupted) as e:  # the task wrapper: one crashing run must not kill a grid
         with interrupts.phase("deferred"):
             code = records.record_failure(run_dir, record, e)
     finally:

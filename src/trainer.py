@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from src import build, callbacks, costs, interrupts
+from src.atomic import share
 from src.data.collate import collator, drop_packed_attention_mask
 from src.evaluation.task_metrics import logits_accuracy
 from src.specs import Spec
@@ -50,6 +51,7 @@ def training_arguments(cfg: DictConfig, spec: Spec, precision: str, output_dir: 
         save_steps=int(t.save_every or 0) or 500,
         save_total_limit=int(t.keep_checkpoints),
         save_only_model=False,  # optimizer, scheduler and RNG state too: a resumed run continues exactly
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience counter, too
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         report_to="none",
@@ -99,6 +101,7 @@ def make_trainer(
     cbs: list[Any] = [
         metrics_cb,
         callbacks.StopOnSignal(),
+        callbacks.ShareCheckpoints(),
         hooks.totals,
         callbacks.FaultInjection(
             debug.fail_at_step,
@@ -173,9 +176,9 @@ def save_checkpoint(trainer, hooks: Hooks) -> None:
     if step <= 0 or (Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}").is_dir():
         return
     hooks.totals.export(trainer.state)
-    trainer._save_checkpoint(
-        trainer.model, trial=None
-    )  # what the Trainer's loop saves: weights, optimizer, RNG
+    # What the Trainer's loop saves (weights, optimizer, scheduler, RNG, state); it has no public method.
+    trainer._save_checkpoint(trainer.model, trial=None)
+    share(Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}")
 
 
 def final_losses(trainer, splits: dict, test_split: bool) -> dict[str, float]:

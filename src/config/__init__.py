@@ -115,7 +115,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     try:
         RunConfig.model_validate(tree, context={"model": model})
     except ValidationError as e:
-        raise ConfigError(one_line(e, RunConfig)) from None
+        raise ConfigError(one_line(e, RunConfig, derived=lambda key: _interpolated(cfg, key))) from None
     if problem := _first_unresolved(tree):  # inside a node passed through to a library
         raise ConfigError(problem)
     resolved = OmegaConf.create(tree)
@@ -126,6 +126,13 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"{needs[0]}: needs bitsandbytes, which is not installed (pip install 'bitsandbytes>=0.45')"
         )
     return resolved
+
+
+def _interpolated(cfg: DictConfig, key: str) -> bool:
+    """Whether the composed config derives this key from others (`lr: ${tg.mul:...}`)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node and OmegaConf.is_interpolation(node, leaf)
 
 
 def _importable(module: str) -> bool:

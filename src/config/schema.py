@@ -7,6 +7,7 @@ knows and let the rest through to the library. What a method or task can do, and
 groups, live in src/specs.py.
 """
 
+import math
 from typing import Any, Self
 
 from pydantic import ConfigDict, Field, model_validator
@@ -326,3 +327,25 @@ class RunConfig(Section):
     effective_batch: integer(lo=1, optional=True) = None
     grad_accum_for_batch_size: dict[str, int] | None = None
     frozen_blocks_grid: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _polynomial_has_steps_to_decay(self):
+        """The polynomial schedule divides by the steps after warmup, and refuses an lr_end above the lr:
+        both would fail at the first step after warmup (a ZeroDivisionError), or when the Trainer starts."""
+        sched, steps = self.lr_schedule, self.trainer.max_steps
+        if sched.name != "polynomial":
+            return self
+        warmup = sched.warmup_steps or math.ceil(steps * sched.warmup_ratio)
+        if steps > 0 and warmup >= steps:
+            key = "lr_schedule.warmup_steps" if sched.warmup_steps else "lr_schedule.warmup_ratio"
+            value = sched.warmup_steps or sched.warmup_ratio
+            raise cross(
+                f"{key}={value}: leaves no step to decay over (trainer.max_steps={steps}, {warmup} warmup steps); "
+                "the polynomial schedule needs warmup < max_steps"
+            )
+        lr_end = sched.kwargs.get("lr_end", 1e-7)
+        if isinstance(lr_end, int | float) and lr_end >= self.lr:
+            raise cross(
+                f"lr_schedule.kwargs.lr_end={lr_end}: must be below lr={self.lr} (the schedule decays to it)"
+            )
+        return self

@@ -205,9 +205,17 @@ def _fields_at(root: type[BaseModel], loc: Sequence[Any]) -> list[str] | None:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def one_line(err: ValidationError, root: type[BaseModel], prefix: Sequence[str] = ()) -> str:
-    """The first error as the one line a user sees: `key=value: must be …`."""
-    e = err.errors(include_url=False)[0]
+def one_line(
+    err: ValidationError,
+    root: type[BaseModel],
+    prefix: Sequence[str] = (),
+    derived: Callable[[str], bool] = lambda key: False,
+) -> str:
+    """The first error as the one line a user sees: `key=value: must be …`. An error at a key the config
+    derives from others (`lr` from optim.base_lr) gives way to one at a key it is derived from, which is
+    the key the user set."""
+    errors = err.errors(include_url=False)
+    e = next((x for x in errors if not derived(".".join(map(str, x["loc"])))), errors[0])
     loc = [*prefix, *(str(p) for p in e["loc"])]
     key = ".".join(loc) or "config"
     kind, ctx = e["type"], e.get("ctx") or {}

@@ -215,22 +215,23 @@ CASES = [
     bad("sweep.device_memory_gb=0", head="sweep.device_memory_gb=0.0"),
     bad("debug.fail_at_step=0", head="debug.fail_at_step=0"),
     bad("debug.sleep_per_step=-1", head="debug.sleep_per_step=-1.0"),
-    # ---- a bad value in a key that the top-level lr / weight_decay interpolate: the line names lr or
-    # weight_decay (a key the user did not type) with the product, not the key and value the user typed.
+    # ---- a bad value in a key that the top-level lr / weight_decay interpolate: the line names the key the
+    # user typed, not the derived lr or weight_decay.
+    bad("optim.base_lr=0", head="optim.base_lr=0.0"),
+    bad("method.lr_scale=0", head="method.lr_scale=0.0"),
+    bad("optim.default_weight_decay=-1", head="optim.default_weight_decay=-1.0"),
+    # ---- the polynomial schedule: no step left to decay over, or an lr_end above the lr.
     bad(
-        "optim.base_lr=0",
-        head="optim.base_lr=0.0",
-        bug="names the derived key: `lr=0.0: must be a number > 0` (RunConfig checks lr before optim)",
+        "lr_schedule=polynomial",
+        "trainer.max_steps=1",
+        head="lr_schedule.warmup_ratio=0.05",
+        says="warmup < max_steps",
     ),
     bad(
-        "method.lr_scale=0",
-        head="method.lr_scale=0.0",
-        bug="names the derived key: `lr=0.0: must be a number > 0` (RunConfig checks lr before method)",
-    ),
-    bad(
-        "optim.default_weight_decay=-1",
-        head="optim.default_weight_decay=-1.0",
-        bug="names the derived key: `weight_decay=-1.0: must be a number ≥ 0`",
+        "lr_schedule=polynomial",
+        "lr_schedule.kwargs.lr_end=1",
+        head="lr_schedule.kwargs.lr_end=1",
+        says="below lr",
     ),
 ]
 

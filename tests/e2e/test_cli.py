@@ -440,9 +440,10 @@ def test_lora_rank_grid(tmp_path):
     no_traceback(proc)
 
     recs = {}
-    for job in ("0", "1"):
-        rec = json.loads((sweep / job / RECORD).read_text())
-        _check_record(rec, sweep / job, rec["overrides"])
+    for path in sorted(sweep.glob(f"*/{RECORD}")):  # one folder per config: `…,rank=8-<hash>`
+        rec = json.loads(path.read_text())
+        _check_record(rec, path.parent, rec["overrides"])
+        assert f"rank={rec['config']['rank']}" in path.parent.name
         recs[rec["config"]["rank"]] = rec
     assert sorted(recs) == [8, 16]
     for rank, rec in recs.items():

