@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import build
 from src.atomic import publish_dir
+from src.checkpoints import folder_problem
 from src.errors import ConfigError
 from src.specs import Spec
 
@@ -69,10 +73,34 @@ def _train_tokenizer(vocab_size: int):
     )
 
 
+def _cached(folder: Path) -> bool:
+    """Whether the cache holds this model folder intact (a millisecond: headers only, see folder_problem). A
+    corrupt entry is tunegrid's own and rebuildable: it is renamed away first (atomic: a concurrent run sees the
+    old folder or none, never one half removed), removed, with one line, and the caller builds it again."""
+    if not folder.exists():
+        return False
+    problem = folder_problem(folder, ("config.json", "tokenizer_config.json"))
+    if problem is None and not any(folder.glob("*.safetensors")):
+        problem = ("model.safetensors", "missing")
+    if problem is None:
+        return True
+    trash = folder.with_name(f".{folder.name}.corrupt-{secrets.token_hex(4)}")
+    try:
+        folder.rename(trash)
+    except OSError:  # another run moved it away first: build it (publish_dir keeps whichever lands first)
+        return False
+    shutil.rmtree(trash, ignore_errors=True)
+    print(
+        f"tunegrid: cached model {folder} is unreadable ({problem[0]}: {problem[1]}); removed, rebuilding it",
+        file=sys.stderr,
+    )
+    return False
+
+
 def materialise_tiny(model_cfg: DictConfig, cache: Path) -> Path:
     """Build the tiny model + tokenizer once into the cache (a few MB, under a second) and return the folder."""
     folder = cache / f"tiny-{_tiny_key(model_cfg)}"
-    if (folder / "config.json").exists():
+    if _cached(folder):
         return folder
     from transformers import AutoModelForCausalLM
 
@@ -111,7 +139,7 @@ def materialise_gguf(gguf: DictConfig, cache: Path) -> Path:
             f"model: {gguf.package} is installed but lacks {gguf.file}; reinstall: {gguf.install}"
         )
     folder = cache / f"gguf-{Path(gguf.file).stem}-{source.stat().st_size}"
-    if (folder / "config.json").exists():
+    if _cached(folder):
         return folder
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError(f"model: reading {gguf.file} needs the 'gguf' package: {gguf.install}")

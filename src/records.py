@@ -173,9 +173,20 @@ def write_success(
     print(f"tunegrid: success; record: {Path(run_dir) / RECORD}")
 
 
+# torch's weights-only loader, refusing a file, advises loading it with `weights_only=False` (unpickling it):
+# never a fix to give a user. What it means here replaces its message.
+TORCH_REFUSED = (
+    "a torch file of the checkpoint resumed from holds objects torch's safe loader refuses (corrupt, or not "
+    "written by tunegrid); move that checkpoint out of checkpoints/ and run again"
+)
+
+
 def error_summary(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    first = lines[0] if lines else ""
+    if first.startswith("Weights only load failed") or "weights_only" in first:
+        first = TORCH_REFUSED
+    return f"{type(exc).__name__}: {first}".rstrip(": ")
 
 
 def write_failure(

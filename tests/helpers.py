@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,29 @@ def apply_method(model, cfg: DictConfig, tokenizer_path: str | None = None):
         bool(cfg.trainer.gradient_checkpointing),
         tokenizer_path,
     )
+
+
+def code_snapshot(dest: Path) -> Path:
+    """src/, conf/ and sweeps/ as they are now, committed in a repository of their own.
+
+    The code key of a record is the last commit of src/conf/sweeps plus a hash of their uncommitted changes,
+    so an edit to the working tree while a test's runs go on (another terminal, an editor saving) would make
+    later records look like other code. Running from a frozen copy keeps every phase on the same code."""
+    for name in ("src", "conf", "sweeps"):
+        shutil.copytree(REPO_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    if shutil.which("git") is None:  # no git: every record's code key is "unknown", stable too
+        return dest
+    git = [
+        "git",
+        "-C",
+        str(dest),
+        "-c",
+        "user.name=tunegrid-tests",
+        "-c",
+        "user.email=tests@localhost",
+        "-c",
+        "commit.gpgsign=false",
+    ]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
+        subprocess.run([*git, *cmd], check=True, capture_output=True, timeout=60)
+    return dest

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that do not change what a run computes: left out of the hash that folders and resume match on.
 NOT_IDENTITY = ("logger", "sweep", "study", "cache_dir")
 TIMING_ONLY = {"debug": ("sleep_per_step",)}  # fault injection is identity; a slowed step is not
-READABLE_CHARS = 80
+READABLE_CHARS = 160  # with the hash, well under the 255 bytes a file name may have
 
 
 def identity(cfg: Any) -> dict[str, Any]:
@@ -41,7 +41,9 @@ def _counts(override: str) -> bool:
 
 def cell_name(overrides: list[str], digest: str) -> str:
     """`<overrides>-<hash>`: `method=lora,rank=8-3f2a9c1b0d`, or `default-<hash>` without overrides.
-    Characters that do not belong in a file name become `_`; long override lists are cut (the hash decides)."""
-    readable = ",".join(sorted(o for o in overrides if _counts(o)))
+    Top-level keys and group choices first (what studies sweep: rank, seed, method), then deeper keys;
+    characters that do not belong in a file name become `_`; a long list is cut (the hash decides)."""
+    chosen = sorted((o for o in overrides if _counts(o)), key=lambda o: (o.split("=", 1)[0].count("."), o))
+    readable = ",".join(chosen)
     readable = re.sub(r"[^A-Za-z0-9=,.+_-]", "_", readable)[:READABLE_CHARS].strip("._-") or "default"
     return f"{readable}-{digest[:10]}"

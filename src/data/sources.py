@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +68,29 @@ def _read_file(file: str, what: str, cache: Path):
     quiet = datasets.logging.get_logger("datasets.packaged_modules.json.json")  # logs its own parse error
     level = quiet.level
     quiet.setLevel(50)
-    try:
-        ds = datasets.load_dataset(
+
+    def load(**mode: str):
+        return datasets.load_dataset(
             builder,
             data_files=str(path.resolve()),
             split="train",
             cache_dir=str(cache / "datasets"),
             **kwargs,
+            **mode,
         )
+
+    try:
+        try:
+            ds = load()
+        except Exception as first:
+            # datasets reuses its prepared copy under <cache>/datasets unchecked, so a corrupt one fails every
+            # run: prepare it again from the file, once (a file that is itself unreadable fails again below).
+            ds = load(download_mode="reuse_cache_if_exists")
+            print(
+                f"tunegrid: cached copy of {path} in {cache / 'datasets'} was unreadable "
+                f"({type(first).__name__}: {_first_line(first)}); rebuilt it from the file",
+                file=sys.stderr,
+            )
     except Exception as e:
         if builder == "json":
             _check_json(path, what)
@@ -96,9 +112,19 @@ def _generated(data_cfg: DictConfig, cache: Path):
     gen = OmegaConf.to_container(data_cfg.generator, resolve=True)
     key = hashlib.sha256(json.dumps(gen, sort_keys=True).encode()).hexdigest()[:12]
     path = cache / "data" / f"{data_cfg.name}-{key}.jsonl"
-    if not path.exists():
+
+    def generate() -> None:
         write_lines(path, (json.dumps(rec) for rec in build.generated_records(data_cfg.generator)))
-    return _read_file(str(path), "data.generator", cache)
+
+    if not path.exists():
+        generate()
+    try:
+        return _read_file(str(path), "data.generator", cache)
+    except ConfigError as e:  # the file is tunegrid's own cache entry: generate it again, once
+        reason = str(e).removeprefix(f"data.generator={str(path)!r}: ")
+        print(f"tunegrid: cached data {path} is unreadable ({reason}); generating it again", file=sys.stderr)
+        generate()
+        return _read_file(str(path), "data.generator", cache)
 
 
 def _hub_error(data_cfg: DictConfig, split: str, e: BaseException) -> ConfigError:

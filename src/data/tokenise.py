@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,27 @@ def _label_encoder(spec: dict[str, Any], tokenizer):
     return encode
 
 
+def _intact(path: Path) -> Path:
+    """`datasets` loads an existing cache file unchecked, so a corrupt one would fail every run: open it first
+    (memory-mapped, reading the record batches' framing only: about a millisecond for a few MB) and remove it
+    when it is unreadable (the cache is tunegrid's own), so that the split is tokenised again."""
+    import datasets
+
+    if not path.exists():
+        return path
+    try:
+        datasets.Dataset.from_file(str(path))
+    except Exception as e:  # pyarrow's ArrowInvalid, OSError
+        path.unlink(missing_ok=True)
+        lines = str(e).strip().splitlines()
+        reason = f"{type(e).__name__}: {lines[0][:160] if lines else ''}".rstrip(": ")
+        print(
+            f"tunegrid: cached tokenised data {path} is unreadable ({reason}); removed, tokenising again",
+            file=sys.stderr,
+        )
+    return path
+
+
 def tokenize_splits(
     splits: dict[str, Any], data_cfg: DictConfig, tokenizer, cache: Path | None = None, labelled: bool = False
 ) -> dict[str, Any]:
@@ -126,7 +148,7 @@ def tokenize_splits(
         if cache is not None:
             folder = cache / "tokenised"
             folder.mkdir(parents=True, exist_ok=True)
-            kwargs["cache_file_name"] = str(folder / f"{spec['name']}-{name}-{fp}.arrow")
+            kwargs["cache_file_name"] = str(_intact(folder / f"{spec['name']}-{name}-{fp}.arrow"))
         out[name] = ds.map(
             encode,
             batched=True,

@@ -333,3 +333,16 @@ def test_converting_a_gguf_model_does_not_change_the_run(tmp_path):
     same_metrics(
         strict_json(tmp_path / "cold" / RECORD)["metrics"], strict_json(tmp_path / "warm" / RECORD)["metrics"]
     )
+
+
+@pytest.mark.slow
+def test_a_truncated_record_is_reported_and_its_cell_run_again(tmp_path):
+    sweep = tmp_path / "grid"
+    assert run_cli("-m", "seed=1", *GRID, f"hydra.sweep.dir={sweep}").returncode == 0
+    [path] = sweep.glob(f"*/{RECORD}")
+    path.write_text(path.read_text()[:100])  # a write cut short (not by tunegrid: its writes are atomic)
+    again = run_cli("-m", "seed=1", *GRID, f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"tunegrid: {path}: not a readable record (JSONDecodeError: " in again.stderr
+    assert "tunegrid: success; record:" in again.stdout  # trained again, not skipped
+    assert strict_json(path)["status"] == "success"

@@ -25,8 +25,8 @@ from types import SimpleNamespace
 import pytest
 
 from src.config import REPO_ROOT
-from src.records import RECORD
-from tests.helpers import cli_env, no_traceback, record, run_cli, short
+from src.records import RECORD, hydra_overrides
+from tests.helpers import cli_env, code_snapshot, no_traceback, record, run_cli, short
 
 
 def log_lines(run_dir: Path) -> int:
@@ -67,13 +67,13 @@ SEEDS = ("0", "1", "2")
 
 
 def snapshot(sweep: Path) -> dict[str, dict]:
-    """seed -> what the cell's folder shows: its record (or None) and the number of disk-log lines. Folders
-    are named from the config (`…,seed=1,…-<hash>`), so a cell without a record is found by its name."""
+    """seed -> what the cell's folder shows: its record (or None) and the number of disk-log lines. A cell
+    without a record is known by the overrides Hydra saved in it."""
     out = {}
-    for cell in sorted(p for p in sweep.iterdir() if p.is_dir()):
-        if found := re.search(r"(?:^|,)seed=(\d+)", cell.name):
-            rec = record(cell) if (cell / RECORD).exists() else None
-            out[found.group(1)] = {"dir": cell, "record": rec, "log_lines": log_lines(cell)}
+    for cell in sorted(p for p in sweep.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
+        rec = record(cell) if (cell / RECORD).exists() else None
+        seed = next(o.partition("=")[2] for o in hydra_overrides(cell) if o.startswith("seed="))
+        out[seed] = {"dir": cell, "record": rec, "log_lines": log_lines(cell)}
     return out
 
 
@@ -85,32 +85,6 @@ def trained(proc: subprocess.CompletedProcess) -> set[str]:
 def skipped(proc: subprocess.CompletedProcess, kind: str) -> set[str]:
     """Folders named by `tunegrid: skipped, <kind>: <folder> ...` lines (kind: already succeeded ... / stale)."""
     return set(re.findall(rf"^tunegrid: skipped, {kind}: (\S+?) ", proc.stdout, re.M))
-
-
-def code_snapshot(dest: Path) -> Path:
-    """src/, conf/ and sweeps/ as they are now, committed in a repository of their own.
-
-    The code key of a record is the last commit of src/conf/sweeps plus a hash of their uncommitted changes,
-    so an edit to the working tree while the grids below run (another terminal, an editor saving) would make
-    later records look like other code. Running from a frozen copy keeps every phase on the same code."""
-    for name in ("src", "conf", "sweeps"):
-        shutil.copytree(REPO_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    if shutil.which("git") is None:  # no git: every record's code key is "unknown", stable too
-        return dest
-    git = [
-        "git",
-        "-C",
-        str(dest),
-        "-c",
-        "user.name=tunegrid-tests",
-        "-c",
-        "user.email=tests@localhost",
-        "-c",
-        "commit.gpgsign=false",
-    ]
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
-        subprocess.run([*git, *cmd], check=True, capture_output=True, timeout=60)
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -274,17 +248,11 @@ def test_checkpoint_cut_short_by_a_kill_is_not_resumed_from(tmp_path, baseline):
     """A kill while the Trainer writes checkpoint-N leaves a folder without trainer_state.json (written last).
     Resume must fall back to the last complete checkpoint instead of failing on every re-run."""
     run_dir = tmp_path / "run"
-    failed = run_cli(*RUN, "debug.fail_at_step=12", f"hydra.run.dir={run_dir}")  # leaves checkpoints 5, 10
-    # A single failed run: exit 1, one line, the record and the traceback beside it.
-    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
-    no_traceback(failed)
-    error = "RuntimeError: injected failure at step 12 (debug.fail_at_step)"
-    assert [ln for ln in failed.stderr.splitlines() if ln.startswith("tunegrid:")] == [
-        f"tunegrid: run failed: {error} (record: {run_dir / RECORD})"
-    ]
-    rec = record(run_dir)
-    assert (rec["status"], rec["error"], rec["step"]) == ("failed", error, 12), rec
-    assert (run_dir / "traceback.txt").read_text().startswith("Traceback")
+    log = tmp_path / "killed.log"
+    proc = popen_cli(*RUN, "debug.sleep_per_step=0.3", f"hydra.run.dir={run_dir}", log=log)
+    wait_for(run_dir / "checkpoints" / "checkpoint-10" / "trainer_state.json", proc, log)
+    proc.kill()  # leaves checkpoints 5 and 10
+    proc.wait(timeout=60)
     partial = run_dir / "checkpoints" / "checkpoint-11"  # what a kill between the weights and the rest leaves
     partial.mkdir()
     shutil.copy(run_dir / "checkpoints" / "checkpoint-10" / "model.safetensors", partial)
