@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import build
 from src.atomic import publish_dir
-from src.checkpoints import folder_problem
 from src.errors import ConfigError
+from src.integrity import folder_problem
 from src.specs import Spec
 
 EOS = "<|endoftext|>"

@@ -67,7 +67,7 @@ def training_arguments(cfg: DictConfig, spec: Spec, precision: str, output_dir: 
 
 @dataclass
 class Hooks:
-    """What the recipe reads or switches after training: signal handling, the loss watch, padding counts."""
+    """What the recipe reads or switches after training: the loss watch, padding counts, the run totals."""
 
     loss_watch: callbacks.LossWatch
     padding: costs.PaddingCounter

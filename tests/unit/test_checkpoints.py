@@ -18,8 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 from src import models
-from src.checkpoints import file_problem, folder_problem, resumable_checkpoint
+from src.checkpoints import resumable_checkpoint
 from src.config import validate
+from src.integrity import file_problem, folder_problem
 from tests.helpers import QUICK, compose_cfg
 
 UNPICKLING_ADVICE = ("weights_only", "trust the source", "can still be loaded")  # torch's advice
