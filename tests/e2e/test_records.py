@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -218,7 +219,7 @@ def test_a_run_folder_is_claimed_by_one_process(tmp_path):
     second = run_cli(*GRID, "trainer.max_steps=8", f"hydra.run.dir={run_dir}")
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
-        f"tunegrid: error: {run_dir} is being run by pid {first.pid} on {__import__('platform').node()} "
+        f"tunegrid: error: {run_dir} is being run by pid {first.pid} on {platform.node()} "
         f"since {json.loads((run_dir / '.tunegrid.owner').read_text())['since']}; wait for it, or choose another "
         "hydra.run.dir"
     ]
