@@ -117,7 +117,6 @@ class RunTotals(TrainerCallback):
         self.padding = padding  # costs.PaddingCounter
         self.step_loss = 0.0
         self.recent: list[float] = []
-        self.loss_sum, self.steps = 0.0, 0
 
     def add(self, micro_loss) -> None:
         """One micro-batch's loss as the Trainer counts it (training_step's return value)."""
@@ -126,8 +125,6 @@ class RunTotals(TrainerCallback):
     def state(self) -> dict:
         return {
             "recent": self.recent,
-            "loss_sum": self.loss_sum,
-            "steps": self.steps,
             "processed": self.padding.processed,
             "real": int(self.padding.real),
         }
@@ -136,7 +133,7 @@ class RunTotals(TrainerCallback):
         """From a checkpoint's TrainerState (resume), if it carries totals."""
         saved = (state.stateful_callbacks or {}).get(self.KEY)
         if saved:
-            self.recent, self.loss_sum, self.steps = list(saved["recent"]), saved["loss_sum"], saved["steps"]
+            self.recent = list(saved["recent"])
             self.padding.processed, self.padding.real = saved["processed"], saved["real"]
 
     def on_train_begin(self, args, state, control, **kw):
@@ -145,8 +142,6 @@ class RunTotals(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         self.recent = [*self.recent, self.step_loss][-self.window :]
-        self.loss_sum += self.step_loss
-        self.steps += 1
         self.step_loss = 0.0
         self.export(state)
 

@@ -23,6 +23,13 @@ class SkippedOOM(Exception):
     """The run is predicted not to fit in device memory (sweep.skip_predicted_oom)."""
 
 
+def first_line(exc: BaseException, limit: int) -> str:
+    """The first line of an exception's message (its type name when it has none), cut at `limit` characters:
+    library errors inside tunegrid's one-line messages."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def is_oom(exc: BaseException) -> bool:
     """CUDA's OutOfMemoryError (a RuntimeError subclass), MemoryError, or any 'out of memory' message."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":

@@ -8,12 +8,13 @@ import json
 import zipfile
 from pathlib import Path
 
+from src.errors import first_line
+
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")  # torch.save files: zip archives since torch 1.6
 
 
 def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:160]
+    return first_line(e, 160)
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -15,14 +15,13 @@ from src import build
 from src.atomic import write_lines
 from src.config.schema import SPLITS
 from src.data.render import template_fields
-from src.errors import ConfigError
+from src.errors import ConfigError, first_line
 
 FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
+    return first_line(e, 200)
 
 
 def _check_json(path: Path, what: str) -> None:
