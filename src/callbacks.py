@@ -5,6 +5,7 @@ failure path is tested for real."""
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from src import interrupts
+from src import distributed, interrupts
 from src.atomic import share
 from src.errors import Diverged
 
@@ -87,10 +88,15 @@ class FaultInjection(TrainerCallback):
 
 class StopOnSignal(TrainerCallback):
     """The first SIGTERM/SIGINT in training (src/interrupts.py): finish the current step, save a checkpoint,
-    stop; the recipe then records status=interrupted."""
+    stop; the recipe then records status=interrupted. Over several processes the ranks agree at every step
+    end (the signal reaches them at different moments; one that stopped alone would leave the others
+    waiting): all stop at the first step end at which any rank has it, as if each had received it."""
 
     def on_step_end(self, args, state, control, **kw):
-        if interrupts.received() is not None:
+        signum = int(distributed.reduce(interrupts.received() or 0))
+        if signum and interrupts.received() is None:
+            signal.raise_signal(signum)  # noted by src.interrupts, as if sent here
+        if signum:
             control.should_save = True
             control.should_training_stop = True
 
@@ -141,7 +147,8 @@ class RunTotals(TrainerCallback):
         self.step_loss = 0.0
 
     def on_step_end(self, args, state, control, **kw):
-        self.recent = [*self.recent, self.step_loss][-self.window :]
+        step_loss = distributed.reduce(self.step_loss, "mean")  # each rank's loss is its share of the batch's
+        self.recent = [*self.recent, step_loss][-self.window :]
         self.step_loss = 0.0
         self.export(state)
 

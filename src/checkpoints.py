@@ -20,6 +20,8 @@ from src.config.identity import config_hash
 from src.integrity import folder_problem
 from src.records import code_key
 
+CHECKPOINTS = "checkpoints"  # <run_dir>/checkpoints/checkpoint-N: the Trainer's output_dir
+
 
 def _move_corrupt(ckpt: Path) -> Path:
     """<run_dir>/checkpoints.corrupt/checkpoint-N-<UTC time>: out of the Trainer's reach, never deleted."""

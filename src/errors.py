@@ -23,6 +23,15 @@ class SkippedOOM(Exception):
     """The run is predicted not to fit in device memory (sweep.skip_predicted_oom)."""
 
 
+class RankFailed(RuntimeError):
+    """A process of a run over several (src/distributed.py) failed: the message names the rank and its error,
+    `status` is what that error means there (diverged, oom, failed), a note holds the rank's traceback."""
+
+    def __init__(self, message: str, status: str = "failed"):
+        super().__init__(message)
+        self.status = status
+
+
 def first_line(exc: BaseException, limit: int) -> str:
     """The first line of an exception's message (its type name when it has none), cut at `limit` characters:
     library errors inside tunegrid's one-line messages."""
@@ -41,5 +50,7 @@ def status_of(exc: BaseException) -> str:
     """The record status of a run that raised `exc` (records.STATUSES)."""
     if isinstance(exc, ConfigError):
         return "invalid"
+    if isinstance(exc, RankFailed):
+        return exc.status
     known = {Diverged: "diverged", Interrupted: "interrupted", SkippedOOM: "skipped_oom"}
     return known.get(type(exc)) or ("oom" if is_oom(exc) else "failed")

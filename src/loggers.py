@@ -26,12 +26,24 @@ class Logger(Protocol):
 
 
 class Loggers:
-    """A run's backends: disk (metrics.jsonl) and stdout always, W&B unless logger=none; finished once."""
+    """A run's backends: disk (metrics.jsonl) and stdout always, W&B unless logger=none; finished once. None
+    at all on the ranks other than 0 of a run over several processes (`enabled=False`): rank 0 logs the run."""
 
-    def __init__(self, logger_cfg: Any, run_dir: Path, name: str, group: str, tags: list[str], config: dict):
-        self.backends: list[Logger] = [JsonlLogger(run_dir / "metrics.jsonl"), StdoutLogger()]
+    def __init__(
+        self,
+        logger_cfg: Any,
+        run_dir: Path,
+        name: str,
+        group: str,
+        tags: list[str],
+        config: dict,
+        enabled: bool = True,
+    ):
+        self.backends: list[Logger] = (
+            [JsonlLogger(run_dir / "metrics.jsonl"), StdoutLogger()] if enabled else []
+        )
         wandb_cfg = logger_cfg.get("wandb")
-        if wandb_cfg is not None:
+        if wandb_cfg is not None and enabled:
             tags = [*tags, *wandb_cfg.tags]
             self.backends.append(
                 build.wandb_logger(

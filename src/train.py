@@ -1,8 +1,9 @@
 """The training recipe: one validated, resolved config in, one run's metrics out. Read it top to bottom.
 
 It never touches Hydra's runtime: `src.run` (the Hydra entrypoint) calls `train_with_retries`, and so does
-`python -m src.train <run_dir>/config.yaml`, which trains the config a run folder holds (what a launcher
-that starts several processes runs in each). Heavy libraries are imported inside the functions, so that
+`python -m src.train <run_dir>/config.yaml`, which trains the config a run folder holds; with
+trainer.devices=N > 1, torchrun runs `python -m src.train <run_dir>/config.yaml --worker` in N processes
+(src/distributed.py), and this process records. Heavy libraries are imported inside the functions, so that
 `--cfg job` and bad-input errors answer in about a second.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,16 +20,25 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src import interrupts, records, specs
-from src.atomic import share
+from src import distributed, interrupts, records, specs
 from src.checkpoints import resumable_checkpoint
 from src.claim import Claim
 from src.config import cache_dir, flatten, load_resolved, save_resolved
 from src.errors import ConfigError, Interrupted, is_oom
 
+FIND = "find"  # train(resume=FIND): choose the checkpoint to resume from (a torchrun rank is told which)
 
-def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "default", attempt: int = 0):
-    """Train one validated configuration; return (metrics, env) for the record, and the Trainer (for tests)."""
+
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    name: str = "default",
+    group: str = "default",
+    attempt: int = 0,
+    resume: str | None = FIND,
+):
+    """Train one validated configuration; return (metrics, env) for the record, and the Trainer (for tests).
+    In a run over several processes every rank calls it; rank 0 alone logs and measures (`main`)."""
     import torch
     import transformers
 
@@ -40,6 +52,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
     precision = models.resolve_precision(cfg.trainer.precision)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     seed = int(cfg.trainer.seed)
+    main = distributed.is_main()
     transformers.set_seed(seed)
     cache = cache_dir(cfg)
     scoring.preflight(cfg.eval)  # an enabled reward model / judge that cannot be reached fails now
@@ -56,7 +69,7 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
     transformers.set_seed(seed)
     model = models.load_model(path, cfg.model, spec, cfg.method.quantization, models.DTYPES[precision])
     generic, generic_before = None, None
-    if cfg.eval.forgetting and spec.task.generates_text:  # the base model's loss, the same for every method
+    if cfg.eval.forgetting and spec.task.generates_text and main:  # the base model's loss, for every method
         if torch.cuda.is_available() and not spec.method.quantised:
             model.to("cuda")
         generic = forgetting.generic_text(cfg.eval.forgetting_text)
@@ -74,7 +87,8 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
 
     # 2. Loggers: disk and stdout always, W&B unless logger=none.
     tags = [spec.method.name, *([f"study:{cfg.study}"] if cfg.get("study") else [])]
-    loggers = Loggers(cfg.logger, run_dir, name, group, tags, {**flatten(cfg), "overrides": name, **counts})
+    config = {**flatten(cfg), "overrides": name, **counts}
+    loggers = Loggers(cfg.logger, run_dir, name, group, tags, config, enabled=main)
     metrics_cb = MetricsCallback(loggers.backends)
     started = False
     try:
@@ -86,11 +100,12 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
         # 4. Train, with an evaluation before (so every record shows how far the loss fell) and after.
         out: dict[str, Any] = {}
         if cfg.eval.eval_before_training:
-            out["initial_eval_loss"] = trainer.evaluate()["eval_loss"]
+            out["initial_eval_loss"] = hf.evaluate_before_training(trainer)
         costs.reset_peak_memory()
         checkpoints = Path(trainer.args.output_dir)
-        resume = resumable_checkpoint(checkpoints, cfg, force=bool(cfg.sweep.force))
-        if resume:
+        if resume == FIND:
+            resume = resumable_checkpoint(checkpoints, cfg, force=bool(cfg.sweep.force))
+        if resume and main:
             print(f"tunegrid: resuming from {resume}")
         started = True  # from here on, an interrupted run leaves a checkpoint
         try:
@@ -108,12 +123,11 @@ def train(cfg: DictConfig, run_dir: Path, name: str = "default", group: str = "d
         # 5. Losses after training, the saved weights (the adapter alone for PEFT methods), cost metrics.
         out.update(peak_memory_mb=costs.peak_memory_mb(), predicted_memory_mb=predicted["total_mb"])
         out["predicted_memory"] = predicted
-        out.update(hf.final_losses(trainer, prepared.splits, bool(cfg.eval.test_split)))
+        out.update(hf.final_losses(trainer, prepared.splits, bool(cfg.eval.test_split)))  # on every rank
         ckpt = run_dir / "checkpoint"
-        trainer.model.save_pretrained(ckpt, safe_serialization=True)
-        if not any(ckpt.glob("*.safetensors")):  # save_pretrained only logs some failures (ckpt a file)
-            raise RuntimeError(f"{ckpt}: the weights were not saved")
-        share(ckpt)  # safetensors writes 0600, whatever the umask
+        hf.save_weights(trainer, ckpt)
+        if not main:  # the rest (sizes, generations, scores, the W&B run) is rank 0's
+            return out, {}, trainer
         session = hf.session_metrics(trainer, result, metrics_cb, hooks, spec.batching)
         out.update(
             train_loss=session.pop("train_loss"),
@@ -185,9 +199,9 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def train_with_retries(cfg: DictConfig, run_dir: Path, name: str, group: str, record: dict[str, Any]):
-    """train(), and after an out-of-memory error (trainer.oom_retry) once more with half the micro-batch
-    and twice the accumulation (the same effective batch), then with gradient checkpointing too."""
+def retry_plans(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The trainer keys each attempt changes: none, then after an out-of-memory error (trainer.oom_retry) half
+    the micro-batch and twice the accumulation (the same global batch), then gradient checkpointing too."""
     retry = cfg.trainer.oom_retry
     if retry == "auto":
         import torch
@@ -201,12 +215,32 @@ def train_with_retries(cfg: DictConfig, run_dir: Path, name: str, group: str, re
             {"batch_size": half, "grad_accum": accum},
             {"batch_size": half, "grad_accum": accum, "gradient_checkpointing": True},
         ]
+    return plans
+
+
+def with_plan(cfg: DictConfig, plan: dict[str, Any]) -> DictConfig:
+    run_cfg = cfg.copy()
+    for k, v in plan.items():
+        run_cfg.trainer[k] = v
+    return run_cfg
+
+
+def train_with_retries(
+    cfg: DictConfig,
+    run_dir: Path,
+    name: str,
+    group: str,
+    record: dict[str, Any],
+    attempt_with: Callable[[DictConfig, int], Any] | None = None,
+):
+    """train() in this process, or `attempt_with(cfg, attempt)` (torchrun's ranks), once per retry plan until
+    one does not run out of memory."""
+    plans = retry_plans(cfg)
+    run = attempt_with or functools.partial(train, run_dir=run_dir, name=name, group=group)
     for attempt, plan in enumerate(plans):
-        run_cfg = cfg.copy()
-        for k, v in plan.items():
-            run_cfg.trainer[k] = v
+        run_cfg = with_plan(cfg, plan)
         try:
-            result = train(run_cfg, run_dir, name, group, attempt=attempt)
+            result = run(run_cfg, attempt=attempt)
         except Exception as e:
             if attempt + 1 == len(plans) or not is_oom(e):
                 raise
@@ -267,7 +301,11 @@ def run_recorded(
             save_resolved(cfg, run_dir)  # `python -m src.train <run_dir>/config.yaml` trains the same run
             name = name or ",".join(record["overrides"]) or "default"
             record["group"] = group or ("/".join(sweep_dir.parts[-2:]) if sweep_dir else name)
-            metrics, env, _ = train_with_retries(cfg, run_dir, name, record["group"], record)
+            record["processes"] = int(cfg.trainer.devices)
+            ranks = None
+            if distributed.spans(cfg):  # torchrun trains over trainer.devices processes; this one records
+                ranks = functools.partial(distributed.launch, run_dir, name, record["group"])
+            metrics, env, _ = train_with_retries(cfg, run_dir, name, record["group"], record, ranks)
         with interrupts.phase("deferred"):  # a signal now must not cut the record in half
             records.write_success(run_dir, record, metrics, env)
         signum = interrupts.received()
@@ -311,16 +349,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", type=Path, help="a resolved config: <run_dir>/config.yaml, written by src.run")
     ap.add_argument("--name", default=None, help="W&B run name (default: the run's overrides)")
     ap.add_argument("--group", default=None, help="W&B group (default: the run's name)")
+    # A torchrun rank of a run over several processes (src/distributed.py): the parent claims and records.
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--attempt", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--resume", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.config.is_file():  # no run folder to record in
         print(f"tunegrid: error: {args.config}: no such config file", file=sys.stderr)
         return 2
+    if args.worker:
+        return _work(args.config, args.name or "default", args.group or "default", args.attempt, args.resume)
     run_dir = args.config.resolve().parent
-    record = records.new_record(run_dir, records.hydra_overrides(run_dir))
+    record = records.new_record(run_dir, records.hydra_overrides(run_dir), "src.train")
     _, code = run_recorded(
         run_dir, record, lambda: load_resolved(args.config), skip_done=False, name=args.name, group=args.group
     )
     return code
+
+
+def _work(config: Path, name: str, group: str, attempt: int, resume: str | None) -> int:
+    """One rank (`--worker`): train attempt `attempt` of the config and leave the parent the outcome
+    (src.distributed.report); no claim, no record, no retry of its own (the parent retries)."""
+    run_dir = config.resolve().parent
+    interrupts.install(also=(signal.SIGUSR1, signal.SIGUSR2))  # SLURM's warning signal reaches each rank
+    interrupts.begin_run()
+    try:
+        with interrupts.phase("run"):
+            distributed.setup_rank(run_dir)
+            cfg = load_resolved(config)
+            cfg = with_plan(cfg, retry_plans(cfg)[attempt])
+            metrics, env, _ = train(cfg, run_dir, name, group, attempt, resume=resume)
+        with interrupts.phase("deferred"):
+            distributed.report(run_dir, metrics, env)
+        return 0
+    except (Exception, Interrupted) as e:
+        with interrupts.phase("deferred"):
+            distributed.report(run_dir, error=e)
+        return 128 + getattr(e, "signum", 2) if isinstance(e, Interrupted) else 1
 
 
 if __name__ == "__main__":

@@ -15,14 +15,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src import build, callbacks, costs, interrupts
+from src import build, callbacks, costs, distributed, interrupts
 from src.atomic import share
+from src.checkpoints import CHECKPOINTS
 from src.data.collate import collator, drop_packed_attention_mask
+from src.errors import ConfigError
 from src.evaluation.task_metrics import logits_accuracy
 from src.specs import Spec
 
 
-def training_arguments(cfg: DictConfig, spec: Spec, precision: str, output_dir: Path):
+def training_arguments(cfg: DictConfig, spec: Spec, precision: str, output_dir: Path, model=None):
     """TrainingArguments from cfg.trainer and cfg.lr_schedule (the Trainer's own defaults never decide)."""
     import torch
     from transformers import TrainingArguments
@@ -62,7 +64,29 @@ def training_arguments(cfg: DictConfig, spec: Spec, precision: str, output_dir: 
         dataloader_num_workers=int(t.num_workers),
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        **_over_processes(cfg, model),
     )
+
+
+def _over_processes(cfg: DictConfig, model) -> dict[str, Any]:
+    """The Trainer's arguments for a run over several processes (it reads the ranks from torchrun's
+    environment, and gives each rank its own shard of every batch sampler's batches)."""
+    import torch
+
+    if int(cfg.trainer.devices) == 1:
+        return {}
+    args: dict[str, Any] = {"ddp_backend": None if torch.cuda.is_available() else "gloo"}  # None: NCCL
+    if cfg.trainer.strategy == "ddp":
+        # Every trainable parameter takes part in each forward (frozen ones are not DDP's: requires_grad
+        # is off), so DDP need not search the graph for unused ones at every step.
+        args["ddp_find_unused_parameters"] = False
+        return args
+    # FSDP2: each transformer block (GPT2Block) a shard unit, the full weights gathered on rank 0 to save.
+    blocks = sorted(getattr(model, "_no_split_modules", None) or ())
+    if not blocks:
+        raise ConfigError(f"trainer.strategy=fsdp: model={cfg.model.name} names no block class to wrap")
+    config = {"transformer_layer_cls_to_wrap": blocks, "state_dict_type": "FULL_STATE_DICT"}
+    return {**args, "fsdp": True, "fsdp_config": config}
 
 
 @dataclass
@@ -90,7 +114,7 @@ def make_trainer(
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
 
     t, debug = cfg.trainer, cfg.debug
-    args = training_arguments(cfg, spec, precision, run_dir / "checkpoints")
+    args = training_arguments(cfg, spec, precision, run_dir / CHECKPOINTS, model)
     padding = costs.PaddingCounter()
     hooks = Hooks(
         loss_watch=callbacks.LossWatch(model, debug.nan_at_step),
@@ -115,7 +139,8 @@ def make_trainer(
         cbs.append(EarlyStoppingCallback(early_stopping_patience=int(t.early_stopping_patience)))
     if t.token_budget:
         cbs.append(callbacks.TokenBudget(int(t.token_budget)))
-    model.register_forward_pre_hook(interrupts.stop_now, with_kwargs=True)  # a second signal stops here
+    if distributed.world_size() == 1:  # over several processes, one rank stopping alone would hang the rest
+        model.register_forward_pre_hook(interrupts.stop_now, with_kwargs=True)  # a second signal stops here
     model.register_forward_pre_hook(hooks.padding, with_kwargs=True)  # before packing's: it reads the mask
     if spec.batching == "packing":
         hooks.packed = model.register_forward_pre_hook(drop_packed_attention_mask, with_kwargs=True)
@@ -142,6 +167,17 @@ def make_trainer(
 
     trainer.training_step = training_step
     return trainer, hooks
+
+
+def evaluate_before_training(trainer) -> float:
+    """The eval loss before any step. Over several processes (DDP), the Trainer's evaluate() leaves the model
+    marked as prepared by accelerate (transformers 5.24, accelerate 1.15), and train() then never wraps it in
+    DistributedDataParallel: each rank would train alone on its shard, gradients never averaged (measured:
+    the grad norm differs from the first step, the loss from the third). The mark comes off again here."""
+    loss = trainer.evaluate()["eval_loss"]
+    if distributed.world_size() > 1 and not trainer.is_fsdp_enabled:
+        vars(trainer.model).pop("_is_accelerate_prepared", None)
+    return loss
 
 
 def finished_at(trainer, resume: str | None, metrics_cb, hooks: Hooks):
@@ -173,12 +209,28 @@ def save_checkpoint(trainer, hooks: Hooks) -> None:
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     step = int(trainer.state.global_step)
+    if distributed.world_size() > 1:
+        trainer.accelerator.wait_for_everyone()  # rank 0 may still be writing the checkpoint the others check
     if step <= 0 or (Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}").is_dir():
         return
     hooks.totals.export(trainer.state)
     # What the Trainer's loop saves (weights, optimizer, scheduler, RNG, state); it has no public method.
     trainer._save_checkpoint(trainer.model, trial=None)
     share(Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}")
+
+
+def save_weights(trainer, folder: Path) -> None:
+    """The trained weights (the adapter alone for PEFT methods) as safetensors in `folder`, by the main process;
+    under FSDP every rank takes part in gathering them (the Trainer's save_model)."""
+    if trainer.is_fsdp_enabled:
+        trainer.save_model(str(folder))
+    elif trainer.args.should_save:
+        trainer.model.save_pretrained(folder, safe_serialization=True)
+    if not trainer.args.should_save:
+        return
+    if not any(folder.glob("*.safetensors")):  # save_pretrained only logs some failures (folder a file)
+        raise RuntimeError(f"{folder}: the weights were not saved")
+    share(folder)  # safetensors writes 0600, whatever the umask
 
 
 def final_losses(trainer, splits: dict, test_split: bool) -> dict[str, float]:

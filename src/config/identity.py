@@ -17,6 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that do not change what a run computes: left out of the hash that folders and resume match on.
 NOT_IDENTITY = ("logger", "sweep", "study", "cache_dir")
 TIMING_ONLY = {"debug": ("sleep_per_step",)}  # fault injection is identity; a slowed step is not
+# Keys added after runs were recorded, left out while they hold the value every earlier run had, so that those
+# runs keep their hash and folder (and are found done) instead of training again.
+ADDED_LATER = {"trainer": {"devices": 1, "strategy": "ddp"}}
 READABLE_CHARS = 160  # with the hash, well under the 255 bytes a file name may have
 
 
@@ -27,6 +30,9 @@ def identity(cfg: Any) -> dict[str, Any]:
     for group, keys in TIMING_ONLY.items():
         if isinstance(out.get(group), dict):
             out[group] = {k: v for k, v in out[group].items() if k not in keys}
+    for group, earlier in ADDED_LATER.items():
+        if isinstance(out.get(group), dict):
+            out[group] = {k: v for k, v in out[group].items() if k not in earlier or v != earlier[k]}
     return out
 
 

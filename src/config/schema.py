@@ -33,6 +33,7 @@ SPLITS = ("train", "validation", "test")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BATCHINGS = ("auto", "packing", "dynamic", "group_by_length", "pad_to_max")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
+STRATEGIES = ("ddp", "fsdp")
 
 
 class Target(Section):
@@ -235,6 +236,8 @@ class Trainer(Section):
     batch_size: integer(lo=1)
     eval_batch_size: integer(lo=1)
     grad_accum: integer(lo=1)
+    devices: integer(lo=1)
+    strategy: choice(STRATEGIES)
     epochs: number(lo=0, lo_open=True)
     max_steps: custom(_max_steps)
     max_grad_norm: number(lo=0)
@@ -250,6 +253,15 @@ class Trainer(Section):
     save_every: integer(lo=1, optional=True)
     keep_checkpoints: integer(lo=1)
     oom_retry: choice(("auto", True, False))
+
+    @model_validator(mode="after")
+    def _fsdp_needs_processes(self) -> Self:
+        if self.strategy == "fsdp" and self.devices == 1:
+            raise cross(
+                "trainer.strategy=fsdp: shards the model over several processes; set trainer.devices to the GPUs "
+                "to use (> 1)"
+            )
+        return self
 
 
 class Wandb(Target):
@@ -347,5 +359,25 @@ class RunConfig(Section):
         if isinstance(lr_end, int | float) and lr_end >= self.lr:
             raise cross(
                 f"lr_schedule.kwargs.lr_end={lr_end}: must be below lr={self.lr} (the schedule decays to it)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_trains_only(self):
+        """Under FSDP no process holds the whole model: what runs the model outside the Trainer after training
+        (generations, forgetting) would wait for the other processes, and 4-bit weights do not shard."""
+        if self.trainer.strategy != "fsdp":
+            return self
+        if self.method.quantization is not None:
+            raise cross(
+                f"trainer.strategy=fsdp: method={self.method.name} loads 4-bit weights, which FSDP does not "
+                "shard here; use trainer.strategy=ddp"
+            )
+        if self.task.generates_text and (self.eval.num_samples or self.eval.forgetting):
+            key = "eval.num_samples" if self.eval.num_samples else "eval.forgetting"
+            value = self.eval.num_samples if self.eval.num_samples else "true"
+            raise cross(
+                f"{key}={value}: generation and forgetting run the model outside the Trainer, which "
+                "trainer.strategy=fsdp shards over the processes; set eval.num_samples=0 eval.forgetting=false"
             )
         return self

@@ -110,6 +110,22 @@ CASES = [
     bad("optim.optimizer.betas=[2,0.9]", head="optim.optimizer.betas=[2, 0.9]", says="< 1"),
     bad("optim.optimizer.betas=[0.9]", head="optim.optimizer.betas=[0.9]"),
     bad("trainer.num_workers=-1", head="trainer.num_workers=-1"),
+    bad("trainer.devices=0", head="trainer.devices=0", says="integer ≥ 1"),
+    bad("trainer.devices=2.5", head="trainer.devices=2.5"),
+    bad("trainer.strategy=deepspeed", head="trainer.strategy='deepspeed'", says="ddp, fsdp"),
+    bad("trainer.strategy=fsdp", head="trainer.strategy=fsdp", says="trainer.devices"),
+    bad(
+        "trainer.devices=2", "trainer.strategy=fsdp", head="eval.num_samples=8", says="eval.forgetting=false"
+    ),
+    bad(
+        "method=qlora",
+        "trainer.devices=2",
+        "trainer.strategy=fsdp",
+        "eval.num_samples=0",
+        "eval.forgetting=false",
+        head="trainer.strategy=fsdp",
+        says="4-bit",
+    ),
     bad(f"seed={SEED_MAX + 1}", head=f"seed={SEED_MAX + 1}", says=f"≤ {SEED_MAX}"),
     bad("logger.wandb.mode=bogus", head="logger.wandb.mode='bogus'", says="offline"),
     bad("eval.generation.repetition_penalty=0", head="eval.generation.repetition_penalty=0.0"),
