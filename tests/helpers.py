@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from src.config import CONF_DIR, REPO_ROOT  # importing src.config registers the tg.* resolvers
-from src.records import RECORD
+from src.records import RECORD, SESSION_METRICS
 
 # A shared cache for the whole session: the tiny model and tokenised data are built once.
 SESSION_CACHE = Path(os.environ.get("TUNEGRID_TEST_CACHE", REPO_ROOT / ".cache" / "tests"))
@@ -99,6 +99,13 @@ def short(*extra: str) -> list[str]:
 
 def record(run_dir: Path) -> dict:
     return json.loads((run_dir / RECORD).read_text())
+
+
+def same_metrics(got: dict, want: dict) -> None:
+    """Every metric equal, but those that measure the session (records.SESSION_METRICS, documented)."""
+    keys = (set(got) | set(want)) - set(SESSION_METRICS)
+    diff = {k: (got.get(k), want.get(k)) for k in sorted(keys) if got.get(k) != want.get(k)}
+    assert not diff, diff
 
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:

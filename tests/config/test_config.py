@@ -48,7 +48,8 @@ IN_DEFAULTS = {
 
 
 def override_for(group: str, choice: str) -> str:
-    return f"{group}={choice}" if group in IN_DEFAULTS else f"+{group}={choice}"
+    # hydra/<group> (hydra/launcher) replaces a choice in Hydra's own defaults list
+    return f"{group}={choice}" if group in IN_DEFAULTS or group.startswith("hydra/") else f"+{group}={choice}"
 
 
 def partner(group: str, choice: str) -> list[str]:

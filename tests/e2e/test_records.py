@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT
-from src.records import RECORD, SESSION_METRICS
-from tests.helpers import cli_env, no_traceback, run_cli, tree_digest
+from src.records import RECORD
+from tests.helpers import cli_env, no_traceback, run_cli, same_metrics, tree_digest
 
 # Two checkpoints (6 and 12, the last at max_steps), a test split large enough that its evaluation takes a
 # moment, and generation on a few prompts: every phase a run can be interrupted in.
@@ -85,13 +85,6 @@ def checkpoint(run_dir: Path, step: int) -> Callable[[str], bool]:
 
 def logged(text: str) -> Callable[[str], bool]:
     return lambda out: text in out
-
-
-def same_metrics(got: dict, want: dict) -> None:
-    """Every metric equal, but those that measure the session (records.SESSION_METRICS, documented)."""
-    keys = (set(got) | set(want)) - set(SESSION_METRICS)
-    diff = {k: (got.get(k), want.get(k)) for k in sorted(keys) if got.get(k) != want.get(k)}
-    assert not diff, diff
 
 
 @pytest.fixture(scope="module")

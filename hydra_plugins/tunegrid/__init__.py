@@ -1,0 +1,1 @@
+"""tunegrid's Hydra launchers (Hydra loads plugins only from the hydra_plugins namespace package)."""
