@@ -1,6 +1,6 @@
 """tunegrid's benchmark (`make bench`): what the framework costs, and which batching wins.
 
-    python -m benchmarks [--quick] [--sections overhead,batching,batching_loss,methods,study,speedups]
+    python -m benchmarks [--quick] [--sections overhead,batching,batching_loss,methods,study,launchers,speedups]
                          [--reps N] [--threads N] [--out-dir DIR]      (python benchmarks/bench.py: the same)
 
 It measures and writes; it never passes or fails on a number. Each comparison runs in this one process
@@ -19,6 +19,8 @@ Sections (tiny model on CPU; with a GPU, again on gpt2-medium in bf16 with MFU a
   methods   train tokens/s of full fine-tuning (torch AdamW, and fused AdamW), LoRA, QLoRA, prompt tuning.
   study     a 4-run grid through `-m` vs the same 4 runs as separate commands: wall-time ratio (target
             <= 1.10) and time from a run's start to its first finished training step (target < 10 s).
+  launchers the same grid of tiny cells through the basic launcher, Ray (2 logical GPUs) and SLURM (the local
+            cluster, 2 and 1 CPUs per job): wall-time ratios (benchmarks/sections/launchers.py).
   speedups  (GPU by default) SDPA vs eager attention, fused AdamW, torch.compile, on full fine-tuning.
 
 Figures: "train tok/s" is the record's tokens_per_s (non-padding tokens / Trainer train_runtime); "wall" is
@@ -114,7 +116,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
     """The full or quick plan, with --reps and --loss-examples applied."""
     plan = QUICK if args.quick else FULL
     if args.reps:
-        reps = ("reps", "batching_reps", "methods_reps", "study_reps", "speedups_reps")
+        reps = ("reps", "batching_reps", "methods_reps", "study_reps", "launchers_reps", "speedups_reps")
         plan = replace(plan, **dict.fromkeys(reps, args.reps))
     if args.loss_examples:
         plan = replace(plan, batching_train=args.loss_examples)
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         out: dict[str, Any] = {}
         result["profiles"][prof.name] = out
         for name in sections:
-            if name == "study" and prof.bf16:
+            if name in ("study", "launchers") and prof.bf16:
                 continue  # the per-run overhead is a property of the framework, measured on the tiny model
             if name == "speedups" and not (gpu or "speedups" in (args.sections or "")):
                 continue

@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-SECTIONS = ("overhead", "batching", "batching_loss", "methods", "study", "speedups")
+SECTIONS = ("overhead", "batching", "batching_loss", "methods", "study", "launchers", "speedups")
 SCHEMA = 1
 
 # Only training is timed: no evaluation before or during training, no test split, no generation, no W&B.
@@ -48,6 +48,9 @@ class Plan:
     study_reps: int = 2
     study_runs: int = 4
     study_steps: int = 10
+    launchers_reps: int = 2
+    launchers_cells: int = 8
+    launchers_steps: int = 10
     speedups_reps: int = 2
     speedups_steps: int = 30
 
@@ -67,6 +70,9 @@ QUICK = Plan(
     study_reps=1,
     study_runs=2,
     study_steps=3,
+    launchers_reps=1,
+    launchers_cells=4,
+    launchers_steps=3,
     speedups_reps=1,
     speedups_steps=8,
 )

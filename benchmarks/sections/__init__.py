@@ -4,6 +4,7 @@ the JSON the results file holds under profiles.<profile>.<section>."""
 from __future__ import annotations
 
 from benchmarks.sections.batching import section_batching, section_batching_loss
+from benchmarks.sections.launchers import section_launchers
 from benchmarks.sections.methods import section_methods
 from benchmarks.sections.overhead import section_overhead
 from benchmarks.sections.speedups import section_speedups
@@ -15,5 +16,6 @@ SECTION_FUNCS = {
     "batching_loss": section_batching_loss,
     "methods": section_methods,
     "study": section_study,
+    "launchers": section_launchers,
     "speedups": section_speedups,
 }
