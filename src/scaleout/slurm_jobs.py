@@ -98,7 +98,7 @@ def launch(launcher: Any, job_overrides, initial_job_idx: int) -> list[JobReturn
     for cell, job in zip(todo, jobs, strict=True):
         try:
             out.append(job.results()[0])
-        except submitit.core.utils.UncompletedJobError as e:  # ended without a result: killed, or it exited
+        except submitit.core.utils.UncompletedJobError as e:  # no result: killed, exited, or not requeued
             why = f"SLURM job {job.job_id} ended without writing a record ({job.state}: {first_line(e, 200)})"
             rec = job_ended_without_record(cell, "slurm", since, why)
             out.append(JobReturn(overrides=cell.overrides, status=JobStatus.COMPLETED, _return_value=rec))
@@ -122,7 +122,11 @@ def run_job(launcher: Any, *args: Any) -> Any:
         return launcher.plugin(*args)
     except SystemExit:  # src.run ends an interrupted run with exit 128 + signal
         if interrupts.received() == usr and callable(requeue):
-            print(f"tunegrid: signal {usr} from SLURM: checkpoint saved, requeueing the job", file=sys.stderr)
+            print(
+                f"tunegrid: signal {usr} from SLURM (preemption or time limit): requeueing the job, which "
+                "resumes from the run's checkpoint",
+                file=sys.stderr,
+            )
             signal.signal(
                 signal.SIGTERM, signal.SIG_IGN
             )  # SLURM's SIGTERM to the requeued job: exiting already
