@@ -24,7 +24,7 @@ studies: ## list the studies in sweeps/ (run one with make sweep-<study> ARGS=".
 # The grid writes its report at the end (src.records.GridSummary) and exits non-zero when a run failed.
 $(addprefix sweep-,$(STUDIES)): sweep-%:
 	@dir="$(if $(DIR),$(DIR),multirun/$*/$$(date +%Y-%m-%d_%H-%M-%S))"; \
-	$(PY) -m src.run -m +sweep=$* hydra.sweep.dir="$$dir" $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+	$(PY) -m src.run -m +sweep=$* hydra.sweep.dir="$$dir" $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) )$(ARGS)
 
 report: ## write report.md, results.csv and plots for a grid: make report DIR=multirun/<study>/<time>
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep folder>"; exit 2; }

@@ -20,7 +20,7 @@ import pytest
 from src.claim import OWNER
 from src.config import REPO_ROOT
 from src.records import RECORD
-from src.scaleout.cells import MANIFEST
+from src.scaleout.cells import MANIFEST, folder_overrides
 from tests.helpers import cli_env, run_cli, same_metrics, short
 
 
@@ -83,11 +83,16 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def job_of(sweep: Path, key: str, value: str) -> tuple[str, Path]:
-    """The SLURM job id and the folder of the cell whose overrides hold key=value."""
+def job_of(sweep: Path, key: str, value: str) -> tuple[str, list[str]]:
+    """The SLURM job id and the overrides of the cell whose overrides hold key=value."""
     cells = json.loads((sweep / MANIFEST).read_text())["cells"]
     (cell,) = [c for c in cells if f"{key}={value}" in c["overrides"]]
-    return cell["job_id"], sweep / cell["dir"]
+    return cell["job_id"], cell["overrides"]
+
+
+def folder_of(sweep: Path, overrides: list[str]) -> Path | None:
+    """The cell's folder, once its job has started (Hydra writes .hydra/overrides.yaml there)."""
+    return next((p for p in sweep.iterdir() if p.is_dir() and folder_overrides(p) == overrides), None)
 
 
 def steps_logged(folder: Path) -> int:
@@ -113,9 +118,10 @@ def test_a_grid_runs_as_a_job_array(tmp_path):
 def test_a_failed_and_a_killed_cell_are_reported_and_the_launcher_returns(tmp_path):
     sweep = tmp_path / "grid"
     proc = launch(sweep, "debug.fail_at_step=100,101,3", *SLOW)
-    killed, folder = wait_for(
+    killed, overrides = wait_for(
         lambda: (sweep / MANIFEST).is_file() and job_of(sweep, "debug.fail_at_step", "101"), 120, "jobs.json"
     )
+    folder = wait_for(lambda: folder_of(sweep, overrides), 240, "the cell's folder")
     wait_for(lambda: steps_logged(folder) >= 1, 240, "the cell to be training")
     # Killed hard, as the kernel's OOM killer does: no handler runs (scancel sends SIGTERM first, which the run
     # handles as an interruption, with a checkpoint and a record)
@@ -139,8 +145,9 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_metrics(tmp_pat
     submitted = launch(sweep, "hydra.launcher.wait=false", "seed=5", *SLOW)
     out, err = submitted.communicate(timeout=120)  # submit and return: no waiting for the job
     assert submitted.returncode == 0 and "python -m src.status" in out, out + err
-    job, folder = job_of(sweep, "seed", "5")
+    job, overrides = job_of(sweep, "seed", "5")
     assert [c["state"] for c in status(sweep)] in (["pending"], ["running"])
+    folder = wait_for(lambda: folder_of(sweep, overrides), 240, "the cell's folder")
     wait_for(lambda: steps_logged(folder) >= 8, 300, "step 8")
     subprocess.run(
         ["scancel", "--signal=USR2", job], check=True, timeout=30

@@ -39,6 +39,9 @@ def test_make_targets_pass_overrides_and_report():
     out = _make("-n", "sweep-ranks", "ARGS=model=gpt2 data=alpaca", "PY=python").stdout
     assert 'python -m src.run -m +sweep=ranks hydra.sweep.dir="$dir" model=gpt2 data=alpaca' in out
     assert 'dir="multirun/ranks/$(date' in out  # the grid itself writes its report (GridSummary)
+    out = _make("-n", "sweep-ranks", "LAUNCHER=ray", "PY=python").stdout
+    assert 'python -m src.run -m +sweep=ranks hydra.sweep.dir="$dir" hydra/launcher=ray' in out
+    assert 'python -m src.status "/tmp/x"' in _make("-n", "status", "DIR=/tmp/x", "PY=python").stdout
     out = _make("-n", "sweep-batch", "DIR=/tmp/b", "PY=python").stdout
     assert 'dir="/tmp/b"' in out
     assert 'python -m src.report "/tmp/x"' in _make("-n", "report", "DIR=/tmp/x", "PY=python").stdout
