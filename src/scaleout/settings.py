@@ -4,6 +4,7 @@ show a traceback from inside Ray or sbatch, or from its own instantiate)."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import Any
 
@@ -25,6 +26,10 @@ def check_ray(gpus_per_run: Any, cpus_per_run: Any, unknown: dict[str, Any]) -> 
         lambda v: v == 0 or 0 < v <= 1 or float(v).is_integer() and v > 0,
     )
     _number("cpus_per_run", cpus_per_run, "must be a number of CPUs > 0", lambda v: v > 0)
+    if not all(importlib.util.find_spec(m) for m in ("ray", "hydra_plugins.hydra_ray_launcher")):
+        raise ConfigError(
+            "hydra/launcher=ray: needs hydra-ray-launcher and ray; install them: pip install -e '.[ray]'"
+        )
 
 
 def check_slurm(wait: Any, params: dict[str, Any], known: set[str]) -> None:
