@@ -5,8 +5,6 @@ the whole grid and its ratio to the basic launcher. With a GPU: Ray with gpus_pe
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from typing import Any
 
@@ -14,15 +12,7 @@ from benchmarks.profiles import Profile, gpu_name
 from benchmarks.runner import Bench, alternate, record_metrics
 from benchmarks.settings import BASE
 from benchmarks.stats import med, ratio, summarise
-
-
-def _slurm_answers() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
+from src.scaleout.slurm_jobs import cluster_problem
 
 
 def contenders(gpu: bool, slurm: bool) -> dict[str, tuple[str, ...]]:
@@ -44,7 +34,7 @@ def contenders(gpu: bool, slurm: bool) -> dict[str, tuple[str, ...]]:
 def section_launchers(b: Bench, prof: Profile) -> dict[str, Any]:
     p = b.plan
     gpu = not b.args.no_gpu and gpu_name() is not None  # the tiny cells on real GPUs
-    slurm = _slurm_answers()
+    slurm = cluster_problem() is None
     common = [*BASE, *prof.model, "method=lora", f"trainer.max_steps={p.launchers_steps}"]
     seeds = "seed=" + ",".join(map(str, range(p.launchers_cells)))
 

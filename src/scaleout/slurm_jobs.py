@@ -11,7 +11,9 @@ launcher runs each job on its node (its `__call__`: Hydra's state, the task func
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,17 @@ from src.errors import ConfigError, first_line
 from src.scaleout.cells import cells, job_ended_without_record, write_manifest
 
 INIT_KEYS = ("submitit_folder", "max_num_timeout")  # AutoExecutor(...) arguments, not sbatch parameters
+
+
+def cluster_problem() -> str | None:
+    """Why no SLURM cluster answers here (None when `sinfo` does): for the tests and the benchmark."""
+    if shutil.which("sinfo") is None:
+        return "no SLURM here (scripts/local_slurm.sh start runs a local one)"
+    try:
+        ok = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        ok = False
+    return None if ok else "no SLURM cluster answers here (scripts/local_slurm.sh start runs a local one)"
 
 
 def _needs_plugin() -> ConfigError:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,20 +20,10 @@ from src.claim import OWNER
 from src.config import REPO_ROOT
 from src.records import RECORD
 from src.scaleout.cells import MANIFEST, folder_overrides
+from src.scaleout.slurm_jobs import cluster_problem
 from tests.helpers import cli_env, run_cli, same_metrics, short
 
-
-def _no_slurm() -> str | None:
-    if shutil.which("sinfo") is None:
-        return "no SLURM here (scripts/local_slurm.sh start runs a local one)"
-    try:
-        ok = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
-    except subprocess.TimeoutExpired:
-        ok = False
-    return None if ok else "no SLURM cluster answers here (scripts/local_slurm.sh start runs a local one)"
-
-
-REASON = _no_slurm()
+REASON = cluster_problem()
 if REASON and os.environ.get("TUNEGRID_REQUIRE_SLURM"):
     raise RuntimeError(f"TUNEGRID_REQUIRE_SLURM is set, but {REASON}")
 pytestmark = [
