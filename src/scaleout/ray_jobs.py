@@ -6,6 +6,7 @@ cells) and a record for a cell whose worker died, where the plugin's launch() wo
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ def launch(launcher: Any, job_overrides, initial_job_idx: int) -> list[JobReturn
         "max_retries": 0,  # a cell whose worker died is recorded (as SLURM's are); re-running the grid retries
         **_plain(launcher.remote),
     }
+    _check_fits(remote, ray.cluster_resources())
     todo = cells(launcher, job_overrides, initial_job_idx)
     since = records.now()
     sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -62,6 +64,24 @@ def launch(launcher: Any, job_overrides, initial_job_idx: int) -> list[JobReturn
             rec = job_ended_without_record(cell, "ray", since, why)
             out.append(JobReturn(overrides=cell.overrides, status=JobStatus.COMPLETED, _return_value=rec))
     return out
+
+
+def _check_fits(remote: dict[str, Any], have: dict[str, float]) -> None:
+    """A cell that asks for more than the Ray cluster has would wait forever (Ray only warns that the task is
+    infeasible): one line, exit 2, before any cell is sent."""
+    for key, resource, fix in (
+        ("gpus_per_run", "GPU", "hydra.launcher.gpus_per_run=0 runs the cells on CPUs; "
+         "hydra.launcher.init.num_gpus=N declares N logical GPUs"),
+        ("cpus_per_run", "CPU", "ask for fewer"),
+    ):  # fmt: skip
+        want = remote["num_gpus" if resource == "GPU" else "num_cpus"]
+        if want > have.get(resource, 0):
+            print(
+                f"tunegrid: error: hydra.launcher.{key}={want:g}: Ray sees {have.get(resource, 0):g} {resource}(s) "
+                f"here, so no cell could start; {fix}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
 
 def _plain(node: Any) -> dict[str, Any]:

@@ -107,3 +107,17 @@ def test_a_cell_whose_worker_is_killed_is_recorded_and_the_others_finish(tmp_pat
     assert (
         recs[1]["status"] == "failed" and "its Ray worker ended without writing a record" in recs[1]["error"]
     )
+
+
+def test_asking_for_gpus_ray_does_not_have_is_one_line_not_a_wait(tmp_path):
+    # No GPU here and none declared: Ray would queue the cells forever (it only warns that they are infeasible)
+    proc = run_cli(
+        "-m", "hydra/launcher=ray", "seed=0,1", *short(), f"hydra.sweep.dir={tmp_path}", timeout=300
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = [x for x in proc.stderr.splitlines() if x.startswith("tunegrid: error:")]
+    assert line == [
+        "tunegrid: error: hydra.launcher.gpus_per_run=1: Ray sees 0 GPU(s) here, so no cell could start; "
+        "hydra.launcher.gpus_per_run=0 runs the cells on CPUs; hydra.launcher.init.num_gpus=N declares N logical GPUs"
+    ]
+    assert not list(tmp_path.glob(f"*/{RECORD}"))
