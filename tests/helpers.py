@@ -101,6 +101,16 @@ def record(run_dir: Path) -> dict:
     return json.loads((run_dir / RECORD).read_text())
 
 
+def stop(proc: subprocess.Popen, sig: int, timeout: float) -> int:
+    """Send `sig` and wait for the process to end; kill it after `timeout` s. Its exit code."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(30)
+
+
 def same_metrics(got: dict, want: dict) -> None:
     """Every metric equal, but those that measure the session (records.SESSION_METRICS, documented)."""
     keys = (set(got) | set(want)) - set(SESSION_METRICS)

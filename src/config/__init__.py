@@ -42,11 +42,16 @@ def _blocks_from(n: Any, total: Any) -> list[int] | None:
     return None if n <= 0 else list(range(n, total))
 
 
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """The task's config from a config that holds Hydra's node too (a sweep's job config, `_root_`)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+
 def _cell(*, _root_: DictConfig) -> str:
     """`${tg.cell:}` in hydra.run.dir and hydra.sweep.subdir: the run's folder name, from its overrides and
     the hash of its validated config (identity.py). A config that does not validate gets the hash of what
     was composed, so that its `invalid` record lands in a folder of its own, beside no other run's."""
-    task = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+    task = without_hydra(_root_)
     try:
         digest = config_hash(validate(task))
     except Exception:  # noqa: BLE001 - run_job reports the error in one line; the folder only needs a name

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from src import records
 from src.atomic import write_json
-from src.config import validate
+from src.config import validate, without_hydra
 
 MANIFEST = "jobs.json"
 
@@ -93,9 +93,8 @@ def job_ended_without_record(cell: Cell, launcher: str, since: str, why: str) ->
     cell.dir.mkdir(parents=True, exist_ok=True)
     record = records.new_record(cell.dir, cell.overrides, launcher)
     record["launch"].update(host=None, pid=None)  # not the job's: this is the launcher's process
-    task = OmegaConf.masked_copy(cell.config, [k for k in cell.config if k != "hydra"])
     with contextlib.suppress(Exception):  # what the config says (method, optimizer, ...), for the report
-        records.describe(record, validate(task))
+        records.describe(record, validate(without_hydra(cell.config)))
     records.write_failure(cell.dir, record, RuntimeError(why), "failed")
     print(f"tunegrid: {cell.dir.name}: {why}")
     return record

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from src import specs
-from src.config import CONF_DIR, REPO_ROOT, ConfigError, validate
+from src.config import CONF_DIR, REPO_ROOT, ConfigError, validate, without_hydra
 from tests.helpers import compose_cfg
 
 SWEEPS = REPO_ROOT / "sweeps"
@@ -66,11 +66,6 @@ def jobs(cfg: DictConfig, *extra: str) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def job_config(cfg: DictConfig) -> DictConfig:
-    """The job's part of a composed config (the hydra node dropped)."""
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-
-
 def test_the_issue_studies_are_all_there():
     assert set(STUDIES) == set(EXPECTED)
     # `+sweep=<study>` reads sweeps/ through the conf/sweep symlink.
@@ -94,7 +89,7 @@ def test_study_composes_and_sweeps_its_question(study):
             assert all((CONF_DIR / key / f"{v}.yaml").exists() for v in vals), key
 
     # The jobs that differ in values only (no group change) validate on this composition.
-    job = job_config(cfg)
+    job = without_hydra(cfg)
     value_keys = [k for k in values if k not in GROUPS]
     for combo in itertools.product(*(values[k] for k in value_keys)):
         one = job.copy()
@@ -127,7 +122,7 @@ def test_frozen_blocks_grid_runs_from_none_to_all():
 
 def test_batch_study_keeps_the_effective_batch():
     cfg = compose_study("+sweep=batch")
-    job = job_config(cfg)
+    job = without_hydra(cfg)
     for bs in sweep_values(cfg)["trainer.batch_size"]:
         one = job.copy()
         OmegaConf.update(one, "trainer.batch_size", bs, merge=False)

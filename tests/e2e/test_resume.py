@@ -26,7 +26,7 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.records import RECORD, hydra_overrides
-from tests.helpers import cli_env, code_snapshot, no_traceback, record, run_cli, short
+from tests.helpers import cli_env, code_snapshot, no_traceback, record, run_cli, short, stop
 
 
 def log_lines(run_dir: Path) -> int:
@@ -317,12 +317,7 @@ def sigterm_run(tmp_path_factory):
     wait_for(run_dir / "checkpoints" / "checkpoint-5" / "trainer_state.json", proc, log)
     time.sleep(0.3)  # into a later step
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait(30)
+    rc = stop(proc, signal.SIGTERM, 120)
     stopped_after = time.monotonic() - sent
     interrupted = record(run_dir) if (run_dir / RECORD).exists() else None
     checkpoints_then = sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*"))

@@ -21,7 +21,7 @@ import torch
 
 from src.config import REPO_ROOT
 from src.records import RECORD, SESSION_METRICS
-from tests.helpers import cli_env, no_traceback, record, run_cli, short
+from tests.helpers import cli_env, no_traceback, record, run_cli, short, stop
 from tests.wandb_reader import find_run_file, read_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -116,12 +116,7 @@ def interrupted(tmp_path_factory):
             pytest.fail(f"no training step logged (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(180)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait(30)
+    rc = stop(proc, signal.SIGTERM, 180)
     out = SimpleNamespace(run_dir=run_dir, rc=rc, stopped_after=time.monotonic() - sent, log=log.read_text())
     out.record = record(run_dir) if (run_dir / RECORD).exists() else None
     out.checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*"))
