@@ -32,3 +32,16 @@ def pytest_collection_modifyitems(config, items):
         tier = Path(item.fspath).relative_to(here).parts[0]
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_sessionstart(session):
+    """With xdist, pretrain the tiny model into the session cache once, here, before the workers start: else
+    every worker whose first test needs it pretrains its own copy at the same time (a minute each)."""
+    if hasattr(session.config, "workerinput") or not getattr(session.config.option, "numprocesses", None):
+        return
+    from omegaconf import OmegaConf
+
+    from src import models
+    from src.config import CONF_DIR
+
+    models.materialise_tiny(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml"), SESSION_CACHE)

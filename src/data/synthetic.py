@@ -1,6 +1,7 @@
 """The embedded default's data: deterministic instruction records in Alpaca's format (reverse or sort digits,
-add two numbers, change a word's case), labelled "reviews" for task=classification, and the text the tiny
-model's tokenizer is trained on. The data YAMLs name these generators by `_target_`."""
+add two numbers, change a word's case), labelled "reviews" for task=classification, the tasks the tiny model is
+pretrained on (other tasks on the same digits and words, so that every study fine-tunes on tasks it has not
+seen), and the text the tiny model's tokenizer is trained on. The YAMLs name these generators by `_target_`."""
 
 from __future__ import annotations
 
@@ -97,8 +98,53 @@ def synthetic_labelled(n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def tokenizer_corpus() -> Iterator[str]:
-    """Text the tiny model's BPE is trained on: the synthetic task rendered with the Alpaca templates."""
+def pretraining_records(n: int, seed: int) -> list[dict[str, str]]:
+    """The tiny model's pretraining tasks: copy a list or words (in either case), pick the first or last
+    number, count, give the next or the larger number. They teach the template, the digits, the words in both
+    cases and copying, but none of the fine-tuning tasks (reverse, sort, add, change case)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        kind = rng.randrange(6)
+        xs = [str(rng.randrange(10)) for _ in range(rng.randint(3, 7))]
+        if kind == 0:
+            out.append({"instruction": "Repeat the list.", "input": " ".join(xs), "output": " ".join(xs)})
+        elif kind == 1:
+            first = rng.random() < 0.5
+            which = "first" if first else "last"
+            out.append(
+                {
+                    "instruction": f"Give the {which} number.",
+                    "input": " ".join(xs),
+                    "output": xs[0 if first else -1],
+                }
+            )
+        elif kind == 2:
+            out.append({"instruction": "Count the numbers.", "input": " ".join(xs), "output": str(len(xs))})
+        elif kind == 3:
+            words = [w.upper() if rng.random() < 0.5 else w for w in rng.sample(WORDS, rng.randint(1, 4))]
+            out.append(
+                {"instruction": "Repeat the words.", "input": " ".join(words), "output": " ".join(words)}
+            )
+        elif kind == 4:
+            a = rng.randrange(99)
+            out.append({"instruction": "Give the next number.", "input": str(a), "output": str(a + 1)})
+        else:
+            a, b = rng.randrange(50), rng.randrange(50)
+            out.append(
+                {"instruction": "Give the larger number.", "input": f"{a} {b}", "output": str(max(a, b))}
+            )
+    return out
+
+
+def alpaca_texts(records: list[dict[str, str]]) -> Iterator[str]:
+    """Records as the Alpaca templates render them (prompt + response; no end-of-text token)."""
     conf = OmegaConf.load(CONF_DIR / "data" / "alpaca.yaml")
-    for rec in synthetic_records(3000, seed=1234):
+    for rec in records:
         yield render_prompt(conf, rec) + render_response(conf, rec)
+
+
+def tokenizer_corpus() -> Iterator[str]:
+    """Text the tiny model's BPE is trained on: the fine-tuning and the pretraining tasks, rendered."""
+    yield from alpaca_texts(synthetic_records(3000, seed=1234))
+    yield from alpaca_texts(pretraining_records(3000, seed=7))

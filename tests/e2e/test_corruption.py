@@ -133,7 +133,9 @@ def test_corrupt_cache_entries_are_rebuilt(tmp_path):
     of this test's own (the session cache is shared by every test running meanwhile)."""
     code = code_snapshot(tmp_path / "code")
     cache = tmp_path / "cache"
-    args = short("trainer.max_steps=2", "trainer.eval_every=2", "trainer.logging_steps=2")
+    args = short(
+        "trainer.max_steps=2", "trainer.eval_every=2", "trainer.logging_steps=2", "model.pretrain.steps=3"
+    )
 
     def run(name: str):
         proc = run_cli(

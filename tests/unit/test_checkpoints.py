@@ -208,7 +208,8 @@ def test_an_unreadable_marker_moves_the_checkpoints_aside_instead_of_failing(tmp
 # --------------------------------------------------------------------------- caches
 
 
-def test_a_corrupt_cached_tiny_model_is_rebuilt(tmp_path, cfg, capsys):
+def test_a_corrupt_cached_tiny_model_is_rebuilt(tmp_path, capsys):
+    cfg = validate(compose_cfg(*QUICK, "model.pretrain.steps=3"))  # a short pretraining, built three times
     folder = models.materialise_tiny(cfg.model, tmp_path)
     good = (folder / "model.safetensors").read_bytes()
     damage(folder / "model.safetensors", "garbage")
@@ -217,7 +218,9 @@ def test_a_corrupt_cached_tiny_model_is_rebuilt(tmp_path, cfg, capsys):
         f"tunegrid: cached model {folder} is unreadable (model.safetensors: not a safetensors file: header too "
         "large); removed, rebuilding it"
     ]
-    assert (folder / "model.safetensors").read_bytes() == good  # the same build (seeded)
+    assert (
+        folder / "model.safetensors"
+    ).read_bytes() == good  # the same build (seeded, pretraining included)
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # nothing left beside it
     (folder / "model.safetensors").unlink()
     models.materialise_tiny(cfg.model, tmp_path)
