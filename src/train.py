@@ -98,7 +98,7 @@ def train(
         )
 
         # 4. Train, with an evaluation before (so every record shows how far the loss fell) and after.
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"data_info": prepared.info}  # split sizes, records skipped (src/data)
         if cfg.eval.eval_before_training:
             out["initial_eval_loss"] = hf.evaluate_before_training(trainer)
         costs.reset_peak_memory()

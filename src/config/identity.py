@@ -17,9 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that do not change what a run computes: left out of the hash that folders and resume match on.
 NOT_IDENTITY = ("logger", "sweep", "study", "cache_dir")
 TIMING_ONLY = {"debug": ("sleep_per_step",)}  # fault injection is identity; a slowed step is not
+# What the weights are called, not what a run computes: the hub model a saved adapter names (src/model_card.py).
+LABELS_ONLY = {"model": ("hub_id",)}
 # Keys added after runs were recorded, left out while they hold the value every earlier run had, so that those
 # runs keep their hash and folder (and are found done) instead of training again.
-ADDED_LATER = {"trainer": {"devices": 1, "strategy": "ddp"}}
+ADDED_LATER = {
+    "trainer": {"devices": 1, "strategy": "ddp"},
+    "data": {"on_bad_record": "error", "group_by": None, "max_new_tokens": 64, "stop": None},
+}
 READABLE_CHARS = 160  # with the hash, well under the 255 bytes a file name may have
 
 
@@ -27,7 +32,7 @@ def identity(cfg: Any) -> dict[str, Any]:
     """The part of a (resolved) config that decides the run's results."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     out = {k: v for k, v in data.items() if k not in NOT_IDENTITY and k != "hydra"}
-    for group, keys in TIMING_ONLY.items():
+    for group, keys in {**TIMING_ONLY, **LABELS_ONLY}.items():
         if isinstance(out.get(group), dict):
             out[group] = {k: v for k, v in out[group].items() if k not in keys}
     for group, earlier in ADDED_LATER.items():

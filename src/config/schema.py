@@ -12,14 +12,14 @@ from typing import Any, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from src.config.evaluation import SEED_MAX, Eval, metric_names
+from src.config.data import SPLITS, DataSection  # noqa: F401 - SPLITS: importers of the schema's name
+from src.config.evaluation import SEED_MAX, Eval
 from src.config.values import (
     Flag,
     Name,
     OptName,
     OptTexts,
     Section,
-    Text,
     Texts,
     choice,
     cross,
@@ -29,7 +29,6 @@ from src.config.values import (
 )
 from src.specs import TRAINS
 
-SPLITS = ("train", "validation", "test")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BATCHINGS = ("auto", "packing", "dynamic", "group_by_length", "pad_to_max")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
@@ -57,14 +56,27 @@ class Tokenizer(Section):
     vocab_size: integer(lo=2)
 
 
+class Pretrain(Section):
+    """The embedded tiny model's one-off pretraining (src/pretrain.py); steps=0 keeps the random init."""
+
+    corpus: Target
+    steps: integer(lo=0)
+    batch_size: integer(lo=1)
+    block_size: integer(lo=8)
+    lr: number(lo=0, lo_open=True)
+    warmup_steps: integer(lo=0)
+
+
 class Model(Section):
     name: Name
     name_or_path: OptName
+    hub_id: OptName = None  # the hub model a saved adapter names (src/model_card.py); null: name_or_path
     family: Name
     conv1d: Flag
     build: Target | None = None  # the tiny model: a transformers config built from scratch
     init_seed: integer(lo=0, optional=True) = None
     tokenizer: Tokenizer | None = None
+    pretrain: Pretrain | None = None
     gguf: Gguf | None = None  # a GGUF file shipped in a Python package (SmolLM2)
     num_layers: integer(lo=1)
     num_layers_key: OptName
@@ -109,80 +121,11 @@ class Task(Section):
     labelled: Flag
 
 
-# --------------------------------------------------------------------------- data
+# --------------------------------------------------------------------------- data (src/config/data.py)
 
 
-def _path(value: Any, ctx: dict) -> str | None:
-    ok = value is None or (isinstance(value, str) and value.strip())
-    ok = ok or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
-    return None if ok else "a file, {hub split: file}, or null"
-
-
-class Derive(Section):
-    field: Name
-    at_last: Name
-    head: Name
-    tail: Name
-
-
-class Normalize(Section):
-    fields: OptTexts
-    lowercase: Flag
-    strip_punctuation: Flag
-
-
-class PromptIfEmpty(Section):
-    field: Name
-    template: Text
-
-
-class Splits(Section):
-    train: integer(lo=0, optional=True, allowed="an integer ≥ 0, or null (all the rest)")
-    validation: integer(lo=0, optional=True, allowed="an integer ≥ 0, or null (all the rest)")
-    test: integer(lo=0, optional=True, allowed="an integer ≥ 0, or null (all the rest)")
-
-
-class Truncate(Section):
-    field: Name
-    side: choice(("left", "right"))
-
-
-class Data(Section):
-    name: Name
-    metrics: custom(metric_names) = None
-    hub: OptName
-    hub_config: OptName = None
-    hub_split: Name = "train"
-    hub_splits: dict[str, str] | None = None
-    path: custom(_path) = None
-    generator: Target | None = None
-    fields: Texts
-    label_field: OptName = None  # set: one class id per example (a labelled task)
-    num_labels: integer(lo=2, optional=True) = None
-    derive: Derive | None = None
-    normalize: Normalize
-    prompt: Text
-    prompt_if_empty: PromptIfEmpty | None = None
-    response: Text
-    max_response_chars: integer(lo=1, optional=True) = None
-    splits: Splits
-    split_seed: integer(lo=0)
-    max_seq_len: integer(
-        lo=8,
-        hi=lambda c: c["model"].context_length,
-        note=lambda c: f"model={c['model'].name} has a context of {c['model'].context_length} tokens",
-    )
-    truncate: Truncate | None = None
-    train_on_prompt: Flag
-    max_train_samples: integer(lo=1, optional=True) = None
-    max_eval_samples: integer(lo=1, optional=True) = None
-
-    @model_validator(mode="after")
-    def _hub_splits_known(self) -> Self:
-        unknown = sorted(set(self.hub_splits or {}) - set(SPLITS))
-        if unknown:
-            raise cross(f"data.hub_splits.{unknown[0]}: not a split; the splits are {', '.join(SPLITS)}")
-        return self
+class Data(DataSection):
+    generator: Target | None = None  # records from a function (_target_), e.g. the synthetic default
 
 
 # --------------------------------------------------------------------------- optimizer and schedule

@@ -117,8 +117,9 @@ def shortened_prompt(
 class TestPrompts:
     """The first distinct prompts of the test split with their references: what evaluation generates from.
 
-    Records that share a prompt (E2E NLG: several references per meaning representation) are merged: the
-    reference is a string when there is one, a list of strings when there are several."""
+    Records that share a prompt, or with data.group_by the value of that field (E2E NLG: a meaning
+    representation and its several references), are one prompt, generated once and scored against all their
+    references: the reference is a string when there is one, a list of strings when there are several."""
 
     prompts: list[str] = field(default_factory=list)
     references: list[Any] = field(default_factory=list)
@@ -127,23 +128,25 @@ class TestPrompts:
 def test_prompts(
     data_cfg: Any, records: Iterable[dict[str, Any]], n: int, tokenizer, reserve: int
 ) -> TestPrompts:
-    """The first `n` distinct prompts of `records`, each fitted to data.max_seq_len with `reserve` tokens
-    left for the generation (shortened_prompt)."""
+    """The first `n` distinct prompts of `records` (distinct data.group_by values when it is set), each fitted
+    to data.max_seq_len with `reserve` tokens left for the generation (shortened_prompt)."""
     if n <= 0:
         return TestPrompts()
-    chosen: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    group_by = data_cfg.get("group_by")
+    chosen: dict[Any, tuple[dict[str, Any], list[str]]] = {}
     for rec in records:
         p = prepare(data_cfg, rec)
         if p is None:
             continue
-        key = prompt_template(data_cfg, p).format(**p)
+        key = str(rec.get(group_by)) if group_by else prompt_template(data_cfg, p).format(**p)
         if key not in chosen:
             if len(chosen) == n:
                 continue  # only collect further references for prompts already taken
             chosen[key] = (p, [])
         chosen[key][1].append(data_cfg["response"].format(**p))
     prompts = []
-    for text, (p, _) in chosen.items():
+    for p, _ in chosen.values():
+        text = prompt_template(data_cfg, p).format(**p)
         short = shortened_prompt(data_cfg, p, token_ids(tokenizer, [text])[0], reserve, tokenizer)
         prompts.append(text if short is None else short)
     return TestPrompts(prompts, [r[0] if len(r) == 1 else r for _, r in chosen.values()])

@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import build
 from src.atomic import write_lines
-from src.config.schema import SPLITS
+from src.config.data import SPLITS
+from src.data.checks import blank, check_csv, check_json, check_utf8, no_records, without_bad_records
 from src.data.render import template_fields
 from src.errors import ConfigError, first_line
 
@@ -22,32 +23,6 @@ FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 
 def _first_line(e: BaseException) -> str:
     return first_line(e, 200)
-
-
-def _check_json(path: Path, what: str) -> None:
-    """Name the first malformed line of a JSON / JSONL file (datasets' own error does not)."""
-    with path.open(encoding="utf-8", errors="replace") as f:
-        head = f.read(4096).lstrip()[:1]
-        f.seek(0)
-        if head == "[":
-            try:
-                recs = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ConfigError(
-                    f"{what}={str(path)!r}: not valid JSON at line {e.lineno}: {e.msg}"
-                ) from None
-            bad = next((i for i, r in enumerate(recs) if not isinstance(r, dict)), None)
-            if bad is not None:
-                raise ConfigError(f"{what}={str(path)!r}: item {bad} of the JSON list is not an object")
-            return
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{what}={str(path)!r}: line {i} is not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise ConfigError(f"{what}={str(path)!r}: line {i} is not a JSON object")
 
 
 def _read_file(file: str, what: str, cache: Path):
@@ -63,6 +38,8 @@ def _read_file(file: str, what: str, cache: Path):
         raise ConfigError(
             f"{what}={file!r}: unknown format .{ext}; use .json (a list), .jsonl, .csv or .parquet"
         )
+    if blank(path):
+        raise no_records(what, path)
     kwargs = {"na_filter": False} if builder == "csv" else {}  # keep "" and "NA" as text
     quiet = datasets.logging.get_logger("datasets.packaged_modules.json.json")  # logs its own parse error
     level = quiet.level
@@ -92,7 +69,9 @@ def _read_file(file: str, what: str, cache: Path):
             )
     except Exception as e:
         if builder == "json":
-            _check_json(path, what)
+            check_json(path, what)
+        elif builder == "csv":
+            check_csv(path, what)
         cause = e.__cause__ or e
         raise ConfigError(
             f"{what}={file!r}: cannot be read as .{ext} ({type(cause).__name__}: {_first_line(cause)})"
@@ -101,8 +80,10 @@ def _read_file(file: str, what: str, cache: Path):
         quiet.setLevel(level)
     if len(ds) == 0:
         raise ConfigError(f"{what}={file!r}: the file holds no records")
+    check_utf8(ds, what, path)
     stat = path.resolve().stat()
     ds.tg_source = f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    ds.tg_file = path
     return ds
 
 
@@ -256,12 +237,13 @@ def load_sources(data_cfg: DictConfig, cache: Path) -> tuple[dict[str, Any], dic
                     f"{key}: uses {{{unknown[0]}}}, which {names[src]} lacks "
                     f"(found: {', '.join(sorted(set(cols) | derived))})"
                 )
-        trunc = data_cfg.get("truncate")
-        if trunc and trunc.get("field") not in set(cols) | derived:
-            raise ConfigError(
-                f"data.truncate.field={trunc.get('field')!r}: not a field of {names[src]} "
-                f"(found: {', '.join(sorted(set(cols) | derived))})"
-            )
-    for src in sources:
+        for key, known in (("truncate.field", set(cols) | derived), ("group_by", set(cols))):
+            value = OmegaConf.select(data_cfg, key)
+            if value is not None and value not in known:
+                raise ConfigError(
+                    f"data.{key}={value!r}: not a field of {names[src]} (found: {', '.join(sorted(known))})"
+                )
+    for src in list(sources):
+        sources[src] = without_bad_records(sources[src], data_cfg, names[src])
         sources[src].tg_name = names[src]
     return sources, plan

@@ -1,6 +1,6 @@
-"""Generation on test prompts: batched, left-padded, greedy unless eval.generation.do_sample; works for plain
-and PEFT models, prompt tuning included. `write_samples` writes samples.jsonl beside the record and
-`samples_table` shapes the W&B table."""
+"""Generation on test prompts: batched by length, left-padded, with the KV cache, greedy unless
+eval.generation.do_sample, cut at the data set's stop strings; works for plain and PEFT models, prompt tuning
+included. `write_samples` writes samples.jsonl beside the record and `samples_table` shapes the W&B table."""
 
 from __future__ import annotations
 
@@ -68,11 +68,32 @@ def _with_soft_prompt(model):
     return run
 
 
+def _left_padded(rows: list[list[int]], pad_id: int, device) -> dict[str, Any]:
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = [[pad_id] * (width - len(r)) + r for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long, device=device),
+        "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
+    }
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """A generation cut at the first of the stop strings (eval.generation.stop_strings, from data.stop), stripped:
+    generate() stops a row once its text ends in one, and the stop string itself is not part of the answer."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut].strip()
+
+
 def generate(
     model, tokenizer, prompts: Sequence[str], gen_cfg: Any = None, virtual_tokens: int = 0
 ) -> list[str]:
-    """Continuations of `prompts` (new text only). `virtual_tokens` > 0: the model is a prompt-learning PEFT
-    model whose soft prompt takes that many positions (the method spec says so).
+    """Continuations of `prompts` (new text only), in batches of eval.generation.batch_size prompts of similar
+    lengths, left-padded, with the KV cache; greedy results equal one prompt at a time. `virtual_tokens` > 0:
+    the model is a prompt-learning PEFT model whose soft prompt takes that many positions (the method spec
+    says so). Generation stops at EOS or at a stop string (transformers' stop_strings), cut there.
 
     Prompts longer than the model's positions minus max_new_tokens (and any soft prompt) lose their
     beginning, so the end of the prompt (e.g. "### Response:") is kept.
@@ -113,18 +134,18 @@ def generate(
     if pad_missing:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    out: list[str] = []
+    out: list[str] = [""] * len(prompts)
     try:
         model.eval()
-        for i in range(0, len(prompts), gen.batch_size):
-            enc = tokenizer(
-                list(prompts[i : i + gen.batch_size]),
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=room,
-                add_special_tokens=False,
-            ).to(device)
+        ids_of = tokenizer(list(prompts), truncation=True, max_length=room, add_special_tokens=False)[
+            "input_ids"
+        ]
+        # Batches of similar lengths (longest first, so that running out of memory happens at once): a batch
+        # pads to its longest prompt, and a short prompt beside a long one would pay for the long one's padding.
+        order = sorted(range(len(prompts)), key=lambda i: (-len(ids_of[i]), i))
+        for b in range(0, len(order), gen.batch_size):
+            members = order[b : b + gen.batch_size]
+            enc = _left_padded([ids_of[i] for i in members], tokenizer.pad_token_id, device)
             with torch.inference_mode():
                 if soft is None:
                     ids = model.generate(
@@ -133,10 +154,8 @@ def generate(
                     new = ids[:, enc["input_ids"].shape[1] :]
                 else:
                     new = soft(enc["input_ids"], enc["attention_mask"], kwargs)
-            for text in tokenizer.batch_decode(new, skip_special_tokens=True):
-                for s in stops:
-                    text = text.split(s, 1)[0]
-                out.append(text.strip())
+            for i, text in zip(members, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                out[i] = cut_at_stop(text, stops)
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = sides
         if pad_missing:

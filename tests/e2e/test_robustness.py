@@ -366,7 +366,7 @@ DATA_ROWS = [
     (
         "malformed-jsonl-line",
         "malformed.jsonl",
-        "tunegrid: error: data.path='@DATA/malformed.jsonl': line 3 is not valid JSON (Expecting value)",
+        "tunegrid: error: data.path='@DATA/malformed.jsonl': line 3 column 31: not valid JSON (Expecting value)",
     ),
     (
         "fields-missing",

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from src import data, models
 from src.config import ConfigError, validate
-from src.config.schema import SPLITS
+from src.config.data import SPLITS
 from src.data.render import prepare, render_prompt, render_response, shortened_prompt, token_ids
 from src.data.splits import load_splits
 from src.data.tokenise import IGNORE_INDEX
@@ -285,10 +285,18 @@ def test_hh_rlhf_maps_hub_splits_and_carves_validation_from_train(tmp_path):
     assert all("test " in r["chosen"] for r in splits["test"])
 
 
-def test_hh_rlhf_one_local_file_needs_sizes(tmp_path):
+def test_hh_rlhf_one_local_file_needs_sizes(tmp_path, capfd):
+    """Two null sizes from one file: the error suggests a size, sized to the file, and that suggestion runs
+    (the YAML's validation size, 1,000, then shrinks to fit the 30 records)."""
     path = write(tmp_path / "hh.jsonl", hh_records(30))
     msg = raise_config_error(load_splits, data_cfg("hh_rlhf", f"data.path={path}"), tmp_path / "cache")
-    assert "data.splits.train and data.splits.test are null" in msg and "data.splits.test=100" in msg
+    assert "data.splits.train and data.splits.test are null" in msg and "30 usable records" in msg
+    hint = msg.rsplit("e.g. ", 1)[1]
+    assert hint == "data.splits.test=3"
+    capfd.readouterr()
+    followed = load_splits(data_cfg("hh_rlhf", f"data.path={path}", hint), tmp_path / "cache")
+    assert {k: len(v) for k, v in followed.items()} == {"train": 22, "validation": 5, "test": 3}
+    assert "the data set's own sizes shrink in proportion" in capfd.readouterr().err
     cfg = data_cfg("hh_rlhf", f"data.path={path}", "data.splits.validation=5", "data.splits.test=5")
     splits = load_splits(cfg, tmp_path / "cache")
     assert {k: len(v) for k, v in splits.items()} == {"train": 20, "validation": 5, "test": 5}
@@ -597,7 +605,8 @@ def test_unknown_hub_id_offline_points_to_data_path(tmp_path, monkeypatch):
 
 def test_empty_validation_split_is_reported(tmp_path):
     path = write(tmp_path / "a.jsonl", alpaca_records(10))
-    msg = raise_config_error(load_splits, data_cfg("alpaca", f"data.path={path}"), tmp_path / "cache")
+    cfg = data_cfg("alpaca", f"data.path={path}", "data.splits.validation=0", "data.splits.test=0")
+    msg = raise_config_error(load_splits, cfg, tmp_path / "cache")
     assert "validation split is empty" in msg and "train took 10" in msg
 
 

@@ -275,6 +275,75 @@ def test_generate_samples_batched_left_padded(tiny):
     assert len(set(one)) > 1  # the check is not vacuous
 
 
+# Prompts from 3 to about 120 tokens, in an order that length-sorted batches reorder.
+MANY = [PROMPTS[(i * 7) % 3] * (1 + (i * 5) % 4) if i % 2 else f"Say {i}." for i in range(11)]
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time(tiny, monkeypatch):
+    """Batches of similar lengths, left-padded, with the KV cache: greedy output equals one prompt at a time
+    (and full forward passes without a cache), in the prompts' order, whatever the batch size."""
+    _, _, _, tok, model = tiny
+    lengths = [len(tok(p, add_special_tokens=False).input_ids) for p in MANY]
+    assert max(lengths) > 10 * min(lengths)  # padding matters in a mixed batch
+    calls = []
+    real = model.generate
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["input_ids"].shape, kwargs.get("use_cache")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    one = generation.generate(model, tok, MANY, {"max_new_tokens": 8, "batch_size": 1})
+    assert len(calls) == len(MANY)
+    for size in (3, 8, 32):
+        calls.clear()
+        assert generation.generate(model, tok, MANY, {"max_new_tokens": 8, "batch_size": size}) == one
+        assert len(calls) == -(-len(MANY) // size) and all(cache for _, cache in calls)
+        widths = [shape[1] for shape, _ in calls]
+        assert widths == sorted(widths, reverse=True)  # longest first: each batch pads to similar lengths
+    assert one[:2] == [_greedy_reference(model, tok, p, 8) for p in MANY[:2]]
+    assert len(set(one)) > 1
+
+
+def test_cut_at_stop():
+    assert (
+        generation.cut_at_stop(" Sure, here it is.\n\nHuman: and more?", ["\n\nHuman:"])
+        == "Sure, here it is."
+    )
+    assert (
+        generation.cut_at_stop("a ### b\n\nHuman: c", ["\n\nHuman:", "###"]) == "a"
+    )  # the first in the text
+    assert generation.cut_at_stop("  nothing to cut ", ["\n\nHuman:"]) == "nothing to cut"
+    assert generation.cut_at_stop("x", []) == "x"
+
+
+def test_generation_stops_at_a_stop_string(tiny, monkeypatch):
+    """eval.generation.stop_strings (the data set's `stop`): transformers stops the row at the string, and
+    the text is cut before it."""
+    _, _, _, tok, model = tiny
+    free = generation.generate(model, tok, PROMPTS, {"max_new_tokens": 16, "batch_size": 3})
+    text = max(free, key=len)
+    k = next(
+        (k for k in range(2, len(text) - 3) if text.find(text[k : k + 3]) == k and text[k].strip()), None
+    )
+    assert k is not None, text
+    stop = text[k : k + 3]
+    seen = {}
+    real = model.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    got = generation.generate(
+        model, tok, PROMPTS, {"max_new_tokens": 16, "batch_size": 3, "stop_strings": [stop]}
+    )
+    assert seen["stop_strings"] == [stop] and seen["tokenizer"] is tok
+    assert got == [generation.cut_at_stop(t, [stop]) for t in free]
+    assert got[free.index(text)] == text[:k].strip()
+
+
 def test_generate_prompt_tuning(tiny):
     """Prompt tuning: the soft prompt is prepended; batched left-padded generation equals full forwards."""
     cfg, _, path, tok, model = tiny
