@@ -1,10 +1,12 @@
 """Trainer callbacks that make runs comparable and robust: a token budget, divergence detection at the
-step it happens, SIGTERM/SIGINT handling, and fault injection (`debug.*`, conf/debug/) so that every
-failure path is tested for real."""
+step it happens, SIGTERM/SIGINT handling, fault injection (`debug.*`, conf/debug/) so that every failure
+path is tested for real, and what a session's timings depended on (the machine's load, other processes on
+the GPU, the memory in use when training began)."""
 
 from __future__ import annotations
 
 import math
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,12 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from src import distributed, interrupts
+from src import costs, distributed, interrupts
 from src.atomic import share
 from src.errors import Diverged
+
+_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+_TASKS = Path("/proc/self/task")
 
 
 class TokenBudget(TrainerCallback):
@@ -158,3 +163,191 @@ class RunTotals(TrainerCallback):
 
     def train_loss(self) -> float | None:
         return sum(self.recent) / len(self.recent) if self.recent else None
+
+
+# --------------------------------------------------------------------------- what a session's timing depended on
+
+
+def cpus_available() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (a container's)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = _CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def load1() -> float | None:
+    """The machine's 1-minute load average (runnable and uninterruptible tasks, this run's threads included)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def thread_schedstat() -> dict[str, tuple[int, int]] | None:
+    """Per thread of this process: (ns spent on a CPU, ns spent runnable but waiting for one), from
+    /proc/self/task/*/schedstat; None where the kernel keeps no such counts."""
+    out: dict[str, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(_TASKS)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            ran, waited = (_TASKS / tid / "schedstat").read_text().split()[:2]
+            out[tid] = (int(ran), int(waited))
+        except (OSError, ValueError):
+            continue
+    return out or None
+
+
+def wait_share(before: dict[str, tuple[int, int]] | None, after: dict[str, tuple[int, int]] | None):
+    """Of the time this process's threads were ready to run between two thread_schedstat snapshots, the share
+    they spent waiting for a CPU (others' work, or more threads than CPUs); None without both snapshots or
+    when nothing ran. Threads started in between count from zero; threads that ended are left out."""
+    if before is None or after is None:
+        return None
+    ran = waited = 0
+    for tid, (r1, w1) in after.items():
+        r0, w0 = before.get(tid, (0, 0))
+        ran, waited = ran + max(r1 - r0, 0), waited + max(w1 - w0, 0)
+    return waited / (ran + waited) if ran + waited > 0 else None
+
+
+def _gpu_uuid() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    except (AttributeError, RuntimeError):
+        return None
+    return uuid.lower().removeprefix("gpu-")
+
+
+def _gpu_pids_nvml(uuid: str) -> set[int] | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+        return {int(p.pid) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}
+    except Exception:  # not installed, no driver, another NVML error: nvidia-smi may still answer
+        return None
+
+
+def _gpu_pids_smi(uuid: str) -> set[int] | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return parse_compute_apps(out.stdout, uuid)
+
+
+def parse_compute_apps(text: str, uuid: str) -> set[int]:
+    """The pids nvidia-smi --query-compute-apps=gpu_uuid,pid lists on the GPU `uuid` (without its GPU- prefix)."""
+    pids = set()
+    for line in text.splitlines():
+        gpu, _, pid = (part.strip() for part in line.partition(","))
+        if gpu.lower().removeprefix("gpu-") == uuid and pid.isdigit():
+            pids.add(int(pid))
+    return pids
+
+
+def other_gpu_processes(pids: set[int] | None, me: int | None = None) -> int | None:
+    """How many of the compute processes on this run's GPU are not this process. NVML sees the host's pids: in a
+    container this process is listed under another pid, so when its own pid is missing one listed process is
+    taken to be it. None when the list is empty: this process holds a context on the GPU, so a list without
+    it means the device was not matched (a MIG slice) or the processes are hidden (a pid namespace)."""
+    if not pids:
+        return None
+    me = os.getpid() if me is None else me
+    return len(pids - {me}) - (0 if me in pids else 1)
+
+
+def gpu_other_processes() -> int | None:
+    """Compute processes other than this one on the GPU this process trains on (NVML through pynvml, else
+    nvidia-smi); None on CPU or when neither answers."""
+    uuid = _gpu_uuid()
+    if uuid is None:
+        return None
+    pids = _gpu_pids_nvml(uuid)
+    return other_gpu_processes(pids if pids is not None else _gpu_pids_smi(uuid))
+
+
+class Conditions(TrainerCallback):
+    """What this training session's time and memory depended on, for the record: the memory in use when
+    training began (the baseline of `memory added`), and how busy the machine was: the 1-minute load average
+    at the start, every SAMPLE_EVERY_S at step ends and at the end, against the CPUs the run had; the share of
+    its threads' runnable time spent waiting for a CPU; on GPU the other compute processes on the device at the
+    start and the end. The report marks timings taken under contention (src/report/marks.py)."""
+
+    SAMPLE_EVERY_S = 5.0  # the kernel updates the load average every 5 s
+
+    def __init__(self, gpu_processes=gpu_other_processes) -> None:
+        self.gpu_processes = gpu_processes
+        self.memory_before_mb: float | None = None
+        self.loads: list[float] = []
+        self.gpu: list[int] = []
+        self.started = False
+        self._sched: dict[str, tuple[int, int]] | None = None
+        self._share: float | None = None
+        self._last = 0.0
+
+    def _sample_load(self) -> None:
+        import time
+
+        self._last = time.monotonic()
+        if (v := load1()) is not None:
+            self.loads.append(round(v, 3))
+
+    def _sample_gpu(self) -> None:
+        if (n := self.gpu_processes()) is not None:
+            self.gpu.append(n)
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.memory_before_mb = costs.current_memory_mb()
+        self.loads, self.gpu, self.started, self._share = [], [], True, None
+        self._sample_gpu()
+        self._sample_load()
+        self._sched = thread_schedstat()
+
+    def on_step_end(self, args, state, control, **kw):
+        import time
+
+        if time.monotonic() - self._last >= self.SAMPLE_EVERY_S:
+            self._sample_load()
+
+    def on_train_end(self, args, state, control, **kw):
+        self._share = wait_share(self._sched, thread_schedstat())
+        self._sample_load()
+        self._sample_gpu()
+
+    def summary(self) -> dict[str, Any] | None:
+        """The record's `contention` (None when this session never began training: it resumed at max_steps)."""
+        if not self.started:
+            return None
+        return {
+            "cpus": cpus_available(),
+            "threads": torch.get_num_threads(),
+            "load1_start": self.loads[0] if self.loads else None,
+            "load1_end": self.loads[-1] if self.loads else None,
+            "load1_max": max(self.loads) if self.loads else None,
+            "load_samples": len(self.loads),
+            "cpu_wait_share": None if self._share is None else round(self._share, 4),
+            "gpu_other_processes": max(self.gpu) if self.gpu else None,
+        }

@@ -38,6 +38,22 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def current_memory_mb() -> float | None:
+    """The memory in use now, measured the way peak_memory_mb measures its peak: CUDA memory allocated on GPU;
+    the process's resident set size on CPU (None where /proc is not there). Taken when training begins, it is
+    the baseline that peak minus baseline turns into the memory training added (gradients, optimizer state,
+    activations), without the runtime and the weights that were already there."""
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 class PaddingCounter:
     """Forward pre-hook: the tokens the model processed in training and how many were real (the attention
     mask's ones). Registered before the packed-rows hook, which drops that mask. The real-token sum stays on

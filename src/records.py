@@ -39,7 +39,16 @@ PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "data
 STATUSES = ("success", "failed", "invalid", "oom", "diverged", "interrupted", "skipped_oom")
 # Metrics that measure the last session of a run, not the run: a run resumed from a checkpoint reports what
 # its own session took. Every other metric of a resumed run equals the uninterrupted run's.
-SESSION_METRICS = ("tokens_per_s", "train_runtime_s", "eval_in_train_s", "time_per_epoch_s", "peak_memory_mb")
+SESSION_METRICS = (
+    "tokens_per_s",
+    "train_runtime_s",
+    "eval_in_train_s",
+    "time_per_epoch_s",
+    "time_per_epoch_extrapolated",  # the session trained less than an epoch: time_per_epoch_s scaled up
+    "peak_memory_mb",
+    "memory_before_training_mb",  # in use when training began: peak minus it is what training added
+    "contention",  # the machine's load, CPU wait and other GPU processes while the session trained
+)
 CODE_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
 CODE_PATHS = ("src", "conf", "sweeps")
 

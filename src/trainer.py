@@ -9,13 +9,13 @@ another; both are registered here, in that order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from src import build, callbacks, costs, distributed, interrupts
+from src import build, callbacks, costs, distributed, interrupts, model_card
 from src.atomic import share
 from src.checkpoints import CHECKPOINTS
 from src.data.collate import collator, drop_packed_attention_mask
@@ -91,12 +91,14 @@ def _over_processes(cfg: DictConfig, model) -> dict[str, Any]:
 
 @dataclass
 class Hooks:
-    """What the recipe reads or switches after training: the loss watch, padding counts, the run totals."""
+    """What the recipe reads or switches after training: the loss watch, padding counts, the run totals, the
+    session's conditions (memory when training began, the machine's load)."""
 
     loss_watch: callbacks.LossWatch
     padding: costs.PaddingCounter
     totals: callbacks.RunTotals
     packed: Any  # the packed-rows pre-hook handle (None unless batching=packing)
+    conditions: callbacks.Conditions = field(default_factory=callbacks.Conditions)
 
 
 def make_trainer(
@@ -127,6 +129,7 @@ def make_trainer(
         callbacks.StopOnSignal(),
         callbacks.ShareCheckpoints(),
         hooks.totals,
+        hooks.conditions,
         callbacks.FaultInjection(
             debug.fail_at_step,
             debug.oom_at_step,
@@ -230,6 +233,7 @@ def save_weights(trainer, folder: Path) -> None:
         return
     if not any(folder.glob("*.safetensors")):  # save_pretrained only logs some failures (folder a file)
         raise RuntimeError(f"{folder}: the weights were not saved")
+    model_card.write(trainer, folder)  # adapter_config.json names the hub model; README.md, the model card
     share(folder)  # safetensors writes 0600, whatever the umask
 
 
@@ -254,7 +258,9 @@ def final_losses(trainer, splits: dict, test_split: bool) -> dict[str, float]:
 
 def session_metrics(trainer, result, metrics_cb, hooks: Hooks, batching: str) -> dict[str, Any]:
     """What this training session measured: losses, tokens and their rate over the training time alone
-    (evaluations inside trainer.train() excluded), padding share, time per epoch, steps."""
+    (evaluations inside trainer.train() excluded), padding share, time per epoch (and whether the session
+    covered a whole epoch or it is extrapolated from a part of one), steps, the memory in use when training
+    began, and how busy the machine was while it trained (callbacks.Conditions)."""
     state = trainer.state
     # Evaluation inside trainer.train() (every eval_every steps, and at the last step under
     # eval_strategy="steps") counts in train_runtime; tokens/s is over the training time alone.
@@ -267,6 +273,7 @@ def session_metrics(trainer, result, metrics_cb, hooks: Hooks, batching: str) ->
     epochs_done = float(state.epoch or 0.0)
     session_epochs = epochs_done - metrics_cb.start_epoch
     trained_for = runtime - eval_in_train_s
+    per_epoch = runtime / session_epochs if session_epochs > 0 and runtime > 0 else None
     return {
         "train_loss": hooks.totals.train_loss(),  # mean over the last logging_steps steps, of the whole run
         "tokens_trained": int(state.num_input_tokens_seen),
@@ -278,9 +285,13 @@ def session_metrics(trainer, result, metrics_cb, hooks: Hooks, batching: str) ->
         "eval_in_train_s": eval_in_train_s,
         "batching": batching,
         "padding_share": hooks.padding.share(),  # of all the tokens trained (restored on resume)
-        "time_per_epoch_s": runtime / session_epochs if session_epochs > 0 and runtime > 0 else None,
+        "time_per_epoch_s": per_epoch,
+        # the session trained less than one epoch: time_per_epoch_s is its time scaled up, not measured
+        "time_per_epoch_extrapolated": None if per_epoch is None else session_epochs < 1 - 1e-9,
         "steps": int(state.global_step),
         "epochs": epochs_done,
+        "memory_before_training_mb": hooks.conditions.memory_before_mb,
+        "contention": hooks.conditions.summary(),
     }
 
 

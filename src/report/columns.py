@@ -1,5 +1,6 @@
-"""The metric columns of the report: what each is called, how its values are written, and which
-direction is better (for best-in-bold); shared by the tables, the plots and report.md."""
+"""The metric columns of the report: what each is called, how its values are written, which direction is
+better, and what kind of number it is (an exact size, a timing, or another measurement: the bold rule and
+the marks depend on it); shared by the tables, the plots and report.md."""
 
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ class Metric:
     lower_is_better: bool
     label: str = ""  # axis label in plots
     ranked: bool = True  # False: never in bold (a prediction, or a ratio with no better direction)
+    exact: bool = False  # a size that follows from the config (parameters, bytes): no seed noise
+    timing: bool = False  # depends on what else the machine ran: marked when taken under contention
 
     @property
     def axis(self) -> str:
@@ -79,11 +82,11 @@ class Metric:
 
 
 TABLE_METRICS: tuple[Metric, ...] = (
-    Metric("trainable_params", "trainable params", fmt_count, True),
-    Metric("trainable_pct", "trainable %", fmt_sig, True),
-    Metric("tokens_per_s", "tokens/s", fmt_rate, False),
+    Metric("trainable_params", "trainable params", fmt_count, True, exact=True),
+    Metric("trainable_pct", "trainable %", fmt_sig, True, exact=True),
+    Metric("tokens_per_s", "tokens/s", fmt_rate, False, timing=True),
     Metric("padding_share", "padding share", fmt_2, True, "padding tokens / tokens processed"),
-    Metric("time_per_epoch_s", "time/epoch", fmt_seconds, True, "time/epoch (s)"),
+    Metric("time_per_epoch_s", "time/epoch", fmt_seconds, True, "time/epoch (s)", timing=True),
     Metric("peak_memory_mb", "peak memory", fmt_mb, True, "peak memory (MiB)"),
     Metric(
         "predicted_memory_mb", "predicted memory", fmt_mb, True, "predicted peak memory (MiB)", ranked=False
@@ -96,11 +99,13 @@ TABLE_METRICS: tuple[Metric, ...] = (
         "measured / predicted peak memory",
         ranked=False,
     ),
-    Metric("checkpoint_bytes", "checkpoint", fmt_bytes, True, "checkpoint (bytes)"),
+    Metric("memory_added_mb", "memory added", fmt_mb, True, "memory added in training (MiB)"),
+    Metric("checkpoint_bytes", "checkpoint", fmt_bytes, True, "checkpoint (bytes)", exact=True),
     Metric("eval_loss", "eval loss", fmt_4, True),
     Metric("perplexity", "perplexity", fmt_2, True),
 )
 BY_KEY = {m.key: m for m in TABLE_METRICS}
+TRAIN_TIME = Metric("train_runtime_s", "train time", fmt_seconds, True, "train time (s)", timing=True)
 # Split-prefixed numbers that are bookkeeping, not task quality.
 _NOT_TASK = {
     "loss",

@@ -1,5 +1,6 @@
-"""report.md: the table, the notes a reader needs to trust it (stale runs, what peak memory measures,
-OOM retries), the plots and every run that did not succeed, with its error line."""
+"""report.md: the table, the notes a reader needs to trust it (which bold rule applied, timings taken on a
+busy machine, extrapolated time/epoch, stale runs, what peak memory measures, OOM retries), the plots (and
+why memory is shown as it is) and every run that did not succeed, with its error line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from src.config import REPO_ROOT
+from src.report import marks
 from src.report.columns import BY_KEY, fmt_mb, show
 from src.report.plots import Plot
 from src.report.stats import number
@@ -155,12 +157,10 @@ def markdown(study: Study, plots: Sequence[Plot]) -> str:
     if study.ok:
         header, rows = table_rows(study)
         lines += [markdown_table(header, rows), ""]
-        note = (
-            "Best value per metric column in **bold** (lowest for loss, perplexity, time, memory, size and "
-            "trainable parameters; highest for tokens/s and task metrics"
-            + ("; stale rows never" if study.stale and not study.allow_stale else "")
-            + ")."
-        )
+        groups = study.groups()
+        shown = [m for m in study.metrics if m.header in header]
+        compared = [g for g in groups if study.allow_stale or not g.stale]
+        note = marks.bold_note(study, shown, compared)
         if study.replicates:
             seeds = sorted({show(r.settings.get("seed")) for r in study.ok}, key=natural)
             note += (
@@ -168,6 +168,12 @@ def markdown(study: Study, plots: Sequence[Plot]) -> str:
                 "[95% confidence interval of the mean, Student t]; n is the number of runs."
             )
         lines += [note, ""]
+        if any(m.timing for m in shown) and (busy := marks.contention_note(study, groups)):
+            lines += [busy, ""]
+        if BY_KEY["time_per_epoch_s"].header in header and (extra := marks.extrapolation_note(groups)):
+            lines += [extra, ""]
+        if BY_KEY["memory_added_mb"].header in header:
+            lines += [marks.MEMORY_ADDED_NOTE, ""]
         if BY_KEY["predicted_memory_mb"].header in header:
             lines += [_memory_note(study), ""]
         if "notes" in header:
@@ -176,6 +182,8 @@ def markdown(study: Study, plots: Sequence[Plot]) -> str:
         lines += ["No run succeeded.", ""]
     if plots:
         lines += ["## Plots", ""]
+        if why := marks.memory_view(study)[1]:
+            lines += [why, ""]
         for p in plots:
             lines += [f"![{p.title}]({p.file})", ""]
     if study.failed:

@@ -1,35 +1,28 @@
-"""The report's plots, chosen by what varied. Each is drawn with matplotlib's object API (no pyplot
-state, no display) and described by a Plot read back from its axes, for report.md, W&B and the tests."""
+"""The report's plots, chosen by what varied. Each is drawn with matplotlib's object API (src.report.figures)
+and described by a Plot read back from its axes, for report.md, W&B and the tests.
+
+Memory and throughput axes start at zero; a numeric sweep gets a numeric axis (log2 when its values span 8× or
+more, as ranks do) labelled with the swept values; point labels are the swept values alone and are moved or
+left out rather than overprinted; timings taken on a busy machine are marked (src.report.marks); on CPU the
+memory panels show what training added, or are left out (marks.memory_view)."""
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from src.report.columns import BY_KEY, Metric, fmt_count, fmt_seconds, show
+from src.report import figures
+from src.report.columns import BY_KEY, TRAIN_TIME, Metric, show
+from src.report.curves import plot_curves, read_curve
+from src.report.figures import PLOT_PREFIX, Plot
+from src.report.marks import BUSY, busy, memory_view
 from src.report.stats import number
-from src.report.study import METRICS_LOG, Group, Run, Study, ident
+from src.report.study import Group, Run, Study, ident
 
-PLOT_PREFIX = "plot-"
+__all__ = ["PLOT_PREFIX", "Plot", "make_plots", "plot_curves", "read_curve"]
 
-
-@dataclass
-class Plot:
-    """What a plot shows (read back from its axes): for the report, W&B and tests."""
-
-    file: str
-    kind: str  # line | bars | curves | pareto | memory
-    title: str
-    xlabels: list[str]
-    ylabels: list[str]
-    series: list[str]  # legend entries
-    points: list[str] = field(default_factory=list)  # the labels written next to points (Pareto, memory)
+BUSY_LABEL = f"timed on a busy machine ({BUSY})"
 
 
 def _numeric(values: Iterable[Any]) -> bool:
@@ -38,42 +31,9 @@ def _numeric(values: Iterable[Any]) -> bool:
 
 
 def _slug(key: str) -> str:
+    import re
+
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
-
-
-def _new_figure(ncols: int, width: float = 4.6, height: float = 3.6):
-    from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
-
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    axes = list(fig.subplots(1, ncols, squeeze=False)[0])
-    for ax in axes:
-        ax.ticklabel_format(axis="y", useOffset=False)  # show 5.7418, not +5.741 and 0.0008
-    return fig, axes
-
-
-def _count_axis(ax, axis: str = "x") -> None:
-    from matplotlib.ticker import FuncFormatter
-
-    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(FuncFormatter(lambda v, _: fmt_count(v)))
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
-def _info(fig, file: str, kind: str, title: str) -> Plot:
-    series: list[str] = []
-    for ax in fig.axes:
-        leg = ax.get_legend()
-        if leg is not None:
-            series += [t.get_text() for t in leg.get_texts() if t.get_text() not in series]
-    points: list[str] = []
-    for ax in fig.axes:
-        points += [t.get_text() for t in ax.texts if t.get_text() not in points]
-    xlabels, ylabels = [ax.get_xlabel() for ax in fig.axes], [ax.get_ylabel() for ax in fig.axes]
-    return Plot(file, kind, title, xlabels, ylabels, series, points)
 
 
 def _split_by(study: Study, groups: Sequence[Group], key: str) -> dict[str, list[Group]]:
@@ -88,21 +48,41 @@ def _split_by(study: Study, groups: Sequence[Group], key: str) -> dict[str, list
 def _time_metric(groups: Sequence[Group]) -> Metric:
     if any(g.stat("time_per_epoch_s") for g in groups):
         return BY_KEY["time_per_epoch_s"]
-    return Metric("train_runtime_s", "train time", fmt_seconds, True, "train time (s)")
+    return TRAIN_TIME
+
+
+def _from_zero(m: Metric) -> bool:
+    return m.timing or m.key.endswith("_mb")
+
+
+def point_label(study: Study, values: dict[str, Any], keys: Sequence[str] | None = None) -> str:
+    """A point's label: the swept values alone (the keys are named in the title), "/"-joined."""
+    keys = study.plot_keys if keys is None else keys
+    return " / ".join(show(values.get(k)) for k in keys) or "run"
+
+
+def _labels_of(study: Study) -> str:
+    return f" (points: {' / '.join(study.plot_keys)})" if study.plot_keys else ""
 
 
 def plot_numeric(study: Study, key: str) -> tuple[Plot, bytes]:
-    """Eval loss, peak memory and tokens/s against one numeric key; one line per setting of the other keys."""
+    """Eval loss, memory and tokens/s against one numeric key; one line per setting of the other keys."""
     groups = study.compared_groups()
-    metrics = [BY_KEY["eval_loss"], BY_KEY["peak_memory_mb"], BY_KEY["tokens_per_s"]]
-    fig, axes = _new_figure(len(metrics))
+    memory, _ = memory_view(study, groups)
+    metrics = [BY_KEY["eval_loss"], *([memory] if memory else []), BY_KEY["tokens_per_s"]]
+    fig, axes = figures.new_figure(len(metrics))
     xs_all = [g.values.get(key) for g in groups if g.values.get(key) is not None]
     log2 = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8
     series = _split_by(study, groups, key)
     for ax, m in zip(axes, metrics, strict=True):
+        flagged: list[tuple[Any, float]] = []
         for name, gs in series.items():
             pts = sorted(
-                ((g.values[key], st) for g in gs if g.values.get(key) is not None and (st := g.stat(m.key))),
+                (
+                    (g.values[key], st, g)
+                    for g in gs
+                    if g.values.get(key) is not None and (st := g.stat(m.key))
+                ),
                 key=lambda p: p[0],
             )
             if not pts:
@@ -113,14 +93,31 @@ def plot_numeric(study: Study, key: str) -> tuple[Plot, bytes]:
                 ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=name or None)
             else:
                 ax.plot(xs, ys, marker="o", label=name or None)
+            if m.timing:
+                flagged += [(p[0], p[1].mean) for p in pts if busy(p[2])]
+        if flagged:
+            ax.scatter(
+                [p[0] for p in flagged],
+                [p[1] for p in flagged],
+                marker="x",
+                s=60,
+                color="C3",
+                zorder=4,
+                label=BUSY_LABEL,
+            )
+            ax.legend(fontsize=7)
         if log2:
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
             ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ticks = sorted(set(xs_all))
         if len(ticks) <= 12:
             ax.set_xticks(ticks, [show(t) for t in ticks])
             ax.minorticks_off()
-        if m.key == "trainable_params":
-            _count_axis(ax, "y")
+        if _from_zero(m):
+            figures.from_zero(ax)
         ax.set_xlabel(key)
         ax.set_ylabel(m.axis)
         ax.grid(alpha=0.3)
@@ -129,31 +126,35 @@ def plot_numeric(study: Study, key: str) -> tuple[Plot, bytes]:
     title = f"{', '.join(m.header for m in metrics)} against {key}"
     fig.suptitle(title, fontsize=10)
     file = f"{PLOT_PREFIX}{_slug(key)}.png"
-    return _info(fig, file, "line", title), _png(fig)
+    return figures.info(fig, file, "line", title), figures.png(fig)
 
 
 def plot_bars(study: Study, key: str) -> tuple[Plot, bytes]:
-    """Time, peak memory and eval loss per value of one categorical key; grouped bars per other setting."""
+    """Time, memory and eval loss per value of one categorical key; grouped bars per other setting."""
     groups = study.compared_groups()
-    metrics = [_time_metric(groups), BY_KEY["peak_memory_mb"], BY_KEY["eval_loss"]]
+    memory, _ = memory_view(study, groups)
+    metrics = [_time_metric(groups), *([memory] if memory else []), BY_KEY["eval_loss"]]
     cats: list[Any] = []
     for g in groups:
         if g.values.get(key) not in cats:
             cats.append(g.values.get(key))
     series = _split_by(study, groups, key)
-    fig, axes = _new_figure(len(metrics), width=max(4.6, 0.55 * len(cats) * max(1, len(series)) + 1.5))
+    fig, axes = figures.new_figure(len(metrics), width=max(4.6, 0.55 * len(cats) * max(1, len(series)) + 1.5))
     width = 0.8 / max(1, len(series))
     for ax, m in zip(axes, metrics, strict=True):
+        any_busy = False
         for j, (name, gs) in enumerate(series.items()):
-            by_cat = {ident(g.values.get(key)): g.stat(m.key) for g in gs}
-            xs, ys, errs = [], [], []
+            by_cat = {ident(g.values.get(key)): g for g in gs}
+            xs, ys, errs, hatches = [], [], [], []
             for i, c in enumerate(cats):
-                st = by_cat.get(ident(c))
+                g = by_cat.get(ident(c))
+                st = g.stat(m.key) if g is not None else None
                 if st is not None:
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(st.mean)
                     errs.append(0.0 if math.isnan(st.std) else st.std)
-            ax.bar(
+                    hatches.append("//" if m.timing and busy(g) else None)
+            bars = ax.bar(
                 xs,
                 ys,
                 width=width,
@@ -161,13 +162,22 @@ def plot_bars(study: Study, key: str) -> tuple[Plot, bytes]:
                 capsize=3,
                 label=name or None,
             )
-        ax.set_xticks(
-            range(len(cats)),
-            [show(c) for c in cats],
-            rotation=30 if len(cats) > 4 else 0,
-            ha="right" if len(cats) > 4 else "center",
-            fontsize=8,
-        )
+            for bar, hatch in zip(bars, hatches, strict=True):
+                if hatch:
+                    bar.set_hatch(hatch)
+                    bar.set_edgecolor("C3")
+                    any_busy = True
+        if any_busy:
+            from matplotlib.patches import Patch
+
+            handles, _ = ax.get_legend_handles_labels()
+            ax.legend(
+                handles=[*handles, Patch(facecolor="white", edgecolor="C3", hatch="//", label=BUSY_LABEL)],
+                fontsize=7,
+            )
+        ax.set_xticks(range(len(cats)), [show(c) for c in cats], fontsize=8)
+        if _from_zero(m):
+            figures.from_zero(ax)
         ax.set_xlabel(key)
         ax.set_ylabel(m.axis)
         ax.grid(axis="y", alpha=0.3)
@@ -176,61 +186,7 @@ def plot_bars(study: Study, key: str) -> tuple[Plot, bytes]:
     title = f"{', '.join(m.header for m in metrics)} per {key}"
     fig.suptitle(title, fontsize=10)
     file = f"{PLOT_PREFIX}{_slug(key)}-bars.png"
-    return _info(fig, file, "bars", title), _png(fig)
-
-
-def read_curve(run_dir: Path, key: str = "train/loss") -> list[tuple[int, float]]:
-    """(step, value) pairs of one logged metric from a run's metrics.jsonl (bad lines skipped), by step.
-
-    A run started again in its folder (retried after running out of memory, or resumed from a checkpoint)
-    appends to the same file and logs the same steps again: the last value logged at a step wins, so the
-    curve is that of the session that finished."""
-    path = run_dir / METRICS_LOG
-    out: dict[int, float] = {}
-    if not path.exists():
-        return []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            step = int(row["step"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        if key in row and (v := number(row[key])) is not None:
-            out[step] = v
-    return sorted(out.items())
-
-
-def plot_curves(study: Study) -> tuple[Plot, bytes] | None:
-    """Training loss against step, one line per run (replicates share their setting's colour)."""
-    groups = study.compared_groups()
-    curves = [(g, r, c) for g in groups for r in g.runs if (c := read_curve(r.dir))]
-    if not curves:
-        return None
-    fig, (ax,) = _new_figure(1, width=6.4, height=4.2)
-    colours: dict[int, Any] = {}
-    for g, r, c in curves:
-        label = (study.label(g.values) if study.keys else r.name) + (" (stale)" if g.stale else "")
-        first = id(g) not in colours
-        if first:
-            colours[id(g)] = f"C{len(colours) % 10}"
-        ax.plot(
-            [p[0] for p in c],
-            [p[1] for p in c],
-            color=colours[id(g)],
-            alpha=0.85,
-            lw=1.3,
-            marker="o" if len(c) <= 25 else None,
-            ms=3,
-            label=label if first else None,
-        )
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
-    ax.grid(alpha=0.3)
-    if len(colours) <= 20:
-        ax.legend(fontsize=7, ncol=2 if len(colours) > 8 else 1)
-    title = "training loss per run" + (" (seeds share a colour)" if study.replicates else "")
-    fig.suptitle(title, fontsize=10)
-    return _info(fig, f"{PLOT_PREFIX}loss-curves.png", "curves", title), _png(fig)
+    return figures.info(fig, file, "bars", title), figures.png(fig)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -245,15 +201,16 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def plot_pareto(study: Study) -> tuple[Plot, bytes] | None:
-    """Eval loss against cost (peak memory, trainable parameters), the Pareto frontier marked; stale rows
-    are left out (unless allow_stale)."""
+    """Eval loss against cost (memory, trainable parameters), the Pareto frontier marked; stale rows are left
+    out (unless allow_stale). Memory as marks.memory_view says (on CPU: what training added, or none)."""
     groups = study.compared_groups()
-    costs = [BY_KEY["peak_memory_mb"], BY_KEY["trainable_params"]]
+    memory, _ = memory_view(study, groups)
+    costs = [*([memory] if memory else []), BY_KEY["trainable_params"]]
     q = BY_KEY["eval_loss"]
     usable = [c for c in costs if sum(1 for g in groups if g.stat(c.key) and g.stat(q.key)) >= 2]
     if not usable:
         return None
-    fig, axes = _new_figure(len(usable), width=5.2, height=4.2)
+    fig, axes = figures.new_figure(len(usable), width=5.2, height=4.2)
     for ax, c in zip(axes, usable, strict=True):
         gs = [g for g in groups if g.stat(c.key) and g.stat(q.key)]
         pts = [(g.stat(c.key).mean, g.stat(q.key).mean) for g in gs]  # type: ignore[union-attr]
@@ -269,25 +226,24 @@ def plot_pareto(study: Study) -> tuple[Plot, bytes] | None:
         )
         ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], color="C3", zorder=3)
         for g, (x, y) in zip(gs, pts, strict=True):
-            ax.annotate(
-                (study.label(g.values) if study.keys else g.runs[0].name) + (" (stale)" if g.stale else ""),
-                (x, y),
-                fontsize=6,
-                xytext=(3, 3),
-                textcoords="offset points",
+            text = (point_label(study, g.values) if study.keys else g.runs[0].name) + (
+                " (stale)" if g.stale else ""
             )
+            figures.label_point(ax, text, (x, y))
         xs = [p[0] for p in pts]
         if c.key == "trainable_params":
             if min(xs) > 0 and max(xs) / min(xs) >= 10:
                 ax.set_xscale("log")
-            _count_axis(ax)
+            figures.count_axis(ax)
+        else:  # memory: from zero, like every memory axis
+            ax.set_xlim(left=0, right=max(ax.get_xlim()[1], 1e-9))
         ax.set_xlabel(c.axis)
         ax.set_ylabel(q.axis)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    title = "quality against cost: eval loss vs " + " and ".join(c.header for c in usable)
+    title = "quality against cost: eval loss vs " + " and ".join(c.header for c in usable) + _labels_of(study)
     fig.suptitle(title, fontsize=10)
-    return _info(fig, f"{PLOT_PREFIX}pareto.png", "pareto", title), _png(fig)
+    return figures.info(fig, f"{PLOT_PREFIX}pareto.png", "pareto", title), figures.png(fig)
 
 
 def memory_points(study: Study) -> list[tuple[Run, float, float]]:
@@ -305,7 +261,7 @@ def plot_memory(study: Study) -> tuple[Plot, bytes] | None:
     pts = memory_points(study)
     if len(pts) < 2:
         return None
-    fig, (ax,) = _new_figure(1, width=5.6, height=4.6)
+    fig, (ax,) = figures.new_figure(1, width=5.6, height=4.6)
     kinds = [
         ("GPU (CUDA peak allocated)", "C0", [p for p in pts if not p[0].on_cpu]),
         ("CPU (process peak RSS, runtime included)", "C1", [p for p in pts if p[0].on_cpu]),
@@ -317,13 +273,14 @@ def plot_memory(study: Study) -> tuple[Plot, bytes] | None:
     lo, hi = min(values), max(values)
     log = lo > 0 and hi / lo >= 10
     pad = 0.05 * (hi - lo or hi or 1.0)
-    lo, hi = (lo / 1.3, hi * 1.3) if log else (lo - pad, hi + pad)
+    lo, hi = (lo / 1.3, hi * 1.3) if log else (min(0.0, lo - pad), hi + pad)
     ax.plot([lo, hi], [lo, hi], color="0.4", ls="--", lw=1, label="y = x (prediction exact)")
     for r, pred, peak in pts:
-        label = (study.label(r.settings, study.keys) if study.keys else r.name) + (
+        keys = study.keys + (["seed"] if study.replicates else [])
+        text = (point_label(study, r.settings, keys) if study.keys else r.name) + (
             " (stale)" if r.stale else ""
         )
-        ax.annotate(label, (pred, peak), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        figures.label_point(ax, text, (pred, peak))
     if log:
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -333,9 +290,10 @@ def plot_memory(study: Study) -> tuple[Plot, bytes] | None:
     ax.set_ylabel("measured peak memory (MiB)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    title = "peak memory: measured against predicted"
+    keys = [*study.keys, *(["seed"] if study.replicates else [])]
+    title = "peak memory: measured against predicted" + (f" (points: {' / '.join(keys)})" if keys else "")
     fig.suptitle(title, fontsize=10)
-    return _info(fig, f"{PLOT_PREFIX}memory-predicted.png", "memory", title), _png(fig)
+    return figures.info(fig, f"{PLOT_PREFIX}memory-predicted.png", "memory", title), figures.png(fig)
 
 
 def make_plots(study: Study) -> list[tuple[Plot, bytes]]:

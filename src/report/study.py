@@ -46,14 +46,35 @@ class Run:
 
     @functools.cached_property
     def values(self) -> dict[str, Any]:
-        """The record's metrics plus the derived peak_memory_ratio (measured / predicted peak memory)."""
+        """The record's metrics plus the derived peak_memory_ratio (measured / predicted peak memory) and
+        memory_added_mb (peak minus the memory in use when training began; records from before that baseline
+        was measured have none)."""
         out = dict(self.metrics)
         if self.status == SKIPPED_OOM and out.get("predicted_memory_mb") is None:
             out["predicted_memory_mb"] = self.predicted_skip()[0]
         peak, pred = number(out.get("peak_memory_mb")), number(out.get("predicted_memory_mb"))
         if peak is not None and pred:
             out["peak_memory_ratio"] = peak / pred
+        base = number(out.get("memory_before_training_mb"))
+        if peak is not None and base is not None:
+            out["memory_added_mb"] = max(peak - base, 0.0)
         return out
+
+    @property
+    def contention(self) -> dict[str, Any] | None:
+        """How busy the machine was while the run's last session trained (None in older records)."""
+        c = self.metrics.get("contention")
+        return c if isinstance(c, dict) else None
+
+    @property
+    def extrapolated(self) -> bool:
+        """time_per_epoch_s is the session's time scaled up from less than one epoch. Records from before the
+        flag say it through `epochs` (the epochs the run trained) below one."""
+        flag = self.metrics.get("time_per_epoch_extrapolated")
+        if isinstance(flag, bool):
+            return flag
+        epochs = number(self.metrics.get("epochs"))
+        return epochs is not None and epochs < 1 - 1e-9
 
     @property
     def has_config(self) -> bool:

@@ -1,15 +1,16 @@
-"""The tables: the markdown table of report.md (one row per setting, best values in bold), results.csv
-(one row per run, every number at full precision) and the short table the CLI prints."""
+"""The tables: the markdown table of report.md (one row per setting; bold, † and ~ as src.report.marks
+decides), results.csv (one row per run, every number at full precision) and the short table the CLI prints."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from src.config import flatten
 from src.report.columns import BY_KEY, TABLE_METRICS, Metric, show
+from src.report.marks import best_groups, busy_reasons, marked
 from src.report.stats import Stat
 from src.report.study import Group, Study
 
@@ -20,17 +21,6 @@ def _cell(m: Metric, st: Stat | None, replicates: bool) -> str:
     if not replicates or st.n == 1:
         return m.fmt(st.mean)
     return f"{m.fmt(st.mean)} ± {m.fmt(st.std)} [{m.fmt(st.lo)}, {m.fmt(st.hi)}]"
-
-
-def best_groups(groups: Sequence[Group], m: Metric, among: Iterable[int] | None = None) -> set[int]:
-    """Indices of the groups holding the best mean of metric m (ties all count), only the indices in
-    `among` competing (default all); none when they all agree or the metric is not ranked."""
-    idx = range(len(groups)) if among is None else among
-    means = {i: st.mean for i in idx if (st := groups[i].stat(m.key)) is not None}
-    if not m.ranked or len(set(means.values())) < 2:
-        return set()
-    best = (min if m.lower_is_better else max)(means.values())
-    return {i for i, v in means.items() if v == best}
 
 
 def _row_status(g: Group) -> str:
@@ -49,9 +39,10 @@ def _row_notes(study: Study, g: Group) -> str:
 
 
 def table_rows(study: Study) -> tuple[list[str], list[list[str]]]:
-    """The report table: header and rows (markdown cell text; best per metric in bold among the rows that
-    are compared, i.e. not stale unless allow_stale). A `status` column (current / stale) appears when a
-    row is stale, a `notes` column when a run needed out-of-memory retries."""
+    """The report table: header and rows (markdown cell text; bold where marks.best_groups says, among the
+    rows that are compared, i.e. not stale unless allow_stale; timings on a busy machine marked †,
+    extrapolated time/epoch ~). A `status` column (current / stale) appears when a row is stale, a `notes`
+    column when a run needed out-of-memory retries."""
     groups = study.groups()
     metrics = [m for m in study.metrics if any(g.stat(m.key) for g in groups)]
     with_status = any(g.stale for g in groups)
@@ -71,9 +62,9 @@ def table_rows(study: Study) -> tuple[list[str], list[list[str]]]:
     ]
     among = [i for i, g in enumerate(groups) if study.allow_stale or not g.stale]
     for m in metrics:
-        best = best_groups(groups, m, among)
+        best = best_groups(groups, m, among, study.replicates)
         for i, g in enumerate(groups):
-            text = _cell(m, g.stat(m.key), study.replicates)
+            text = marked(m, g, _cell(m, g.stat(m.key), study.replicates))
             rows[i].append(f"**{text}**" if i in best else text)
     if any(notes):
         for row, note in zip(rows, notes, strict=True):
@@ -102,8 +93,9 @@ _TRAINER_USED = ("batch_size", "grad_accum", "gradient_checkpointing")
 
 def csv_text(study: Study) -> str:
     """One row per run (every status): run, status, stale, varied keys (and seed), every metric (dicts such
-    as predicted_memory flattened to predicted_memory.weights_mb …; peak_memory_ratio derived), the
-    OOM retries and the trainer settings finally used, the step a failed run reached, error, code_key,
+    as predicted_memory and contention flattened to predicted_memory.weights_mb, contention.load1_max …;
+    peak_memory_ratio and memory_added_mb derived), why its timing is marked busy (empty: not busy), the OOM
+    retries and the trainer settings finally used, the step a failed run reached, error, code_key,
     config_hash, overrides."""
     keys = [*study.keys, *(["seed"] if study.replicates else [])]
     flat = {r.name: flatten(r.values) for r in study.runs}
@@ -111,7 +103,18 @@ def csv_text(study: Study) -> str:
     for r in study.runs:
         metric_keys += [k for k in flat[r.name] if k not in metric_keys]
     used_keys = [f"trainer_used.{k}" for k in _TRAINER_USED]
-    columns = ["run", "status", "stale", *keys, *metric_keys, "oom_retries", *used_keys, "step", "error"]
+    columns = [
+        "run",
+        "status",
+        "stale",
+        *keys,
+        *metric_keys,
+        "busy",
+        "oom_retries",
+        *used_keys,
+        "step",
+        "error",
+    ]
     columns += ["code_key", "config_hash", "overrides"]
     rows = []
     for r in study.runs:
@@ -123,6 +126,7 @@ def csv_text(study: Study) -> str:
                 str(r.stale).lower() if r.ok or r.record.get("code_key") else "",
                 *(_csv(r.settings.get(k)) for k in keys),
                 *(_csv(flat[r.name].get(k)) for k in metric_keys),
+                "; ".join(busy_reasons(r)),
                 _csv(r.record.get("oom_retries")),
                 *(_csv(used.get(k)) for k in _TRAINER_USED),
                 _csv(r.record.get("step")),
@@ -147,7 +151,8 @@ def _csv(v: Any) -> Any:
 
 
 def stdout_table(study: Study) -> str:
-    """A short plain-text table: varied keys, (status when a row is stale), eval loss, peak memory, tokens/s."""
+    """A short plain-text table: varied keys, (status when a row is stale), eval loss, peak memory, tokens/s
+    († when timed on a busy machine)."""
     groups = study.groups()
     cols = [BY_KEY["eval_loss"], BY_KEY["peak_memory_mb"], BY_KEY["tokens_per_s"]]
     with_status = any(g.stale for g in groups)
@@ -164,7 +169,8 @@ def stdout_table(study: Study) -> str:
         row += [_row_status(g)] if with_status else []
         for m in cols:
             st = g.stat(m.key)
-            row.append("—" if st is None else m.fmt(st.mean) + (f" ± {m.fmt(st.std)}" if st.n > 1 else ""))
+            text = "—" if st is None else m.fmt(st.mean) + (f" ± {m.fmt(st.std)}" if st.n > 1 else "")
+            row.append(marked(m, g, text))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=header, dtype=object)
     # to_string right-aligns text and puts one space between columns; the table is left-aligned with two:

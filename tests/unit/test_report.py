@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from src import records, report
 from src.atomic import write_json
 from src.config import flatten, validate
-from src.report import columns, plots, stats, tables, wandb_upload
+from src.report import columns, figures, plots, stats, tables, wandb_upload
 from src.report.study import parse_scalar, settings_of
 from tests.helpers import compose_cfg
 
@@ -27,6 +27,16 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T975 = {1: 12.7062047, 2: 4.3026527, 40: 2.0210754, 10_000: 1.9602012}
 
 # A real record's metrics (python -m src.run -m method=lora rank=4 trainer.max_steps=10 logger=none).
+CONTENTION = {  # an idle machine: the run's threads rarely waited, the load about the run's own threads
+    "cpus": 2,
+    "threads": 2,
+    "load1_start": 1.21,
+    "load1_end": 1.93,
+    "load1_max": 1.93,
+    "load_samples": 3,
+    "cpu_wait_share": 0.021,
+    "gpu_other_processes": None,
+}
 PREDICTED = {
     "weights_mb": 3.4482421875,
     "gradients_mb": 0.046875,
@@ -49,8 +59,11 @@ METRICS = {
     "padding_share": 0.0862,
     "train_runtime_s": 8.4934,
     "time_per_epoch_s": 138.44242,
+    "time_per_epoch_extrapolated": True,  # 10 steps: 0.06 of an epoch
     "steps": 10,
     "epochs": 0.06134969325153374,
+    "memory_before_training_mb": 690.0,
+    "contention": CONTENTION,
     "checkpoint_bytes": 51136,
     "trainable_params": 12288,
     "total_params": 903936,
@@ -81,6 +94,14 @@ def config_for(method: str = "lora", rank: int = 8, seed: int = 0) -> dict:
 def current_code() -> str:
     """records.code_key() of this checkout (git and package metadata: asked once per session)."""
     return records.code_key()
+
+
+@pytest.fixture(autouse=True)
+def _frozen_code(monkeypatch):
+    """This checkout's code key, asked once for the session: an edit to src/ while the tests run (another
+    terminal, an editor saving) would otherwise make every record written here stale to the report."""
+    code = current_code()
+    monkeypatch.setattr(records, "code_key", lambda: code)
 
 
 OTHER_CODE = (
@@ -270,7 +291,7 @@ def test_csv_and_table_match_records(tmp_path):
             and int(row["rank"]) == rec["config"]["rank"]
         )
         for k, v in flatten(rec["metrics"]).items():  # every metric, at full precision (dicts flattened)
-            assert row[k] == (repr(v) if isinstance(v, float) else str(v)), k
+            assert row[k] == ("" if v is None else repr(v) if isinstance(v, float) else str(v)), k
         assert row["predicted_memory.activations_mb"] == "116.0" and row["oom_retries"] == "0"
         assert row["code_key"] == rec["code_key"] and row["config_hash"] == rec["config_hash"]
 
@@ -292,19 +313,25 @@ def test_csv_and_table_match_records(tmp_path):
         assert bare(row[col["peak memory"]]) == f"{m['peak_memory_mb']:.0f} MiB"
         assert bare(row[col["trainable params"]]) == columns.fmt_count(m["trainable_params"])
         assert bare(row[col["checkpoint"]]) == columns.fmt_bytes(m["checkpoint_bytes"])
-        assert bare(row[col["time/epoch"]]) == columns.fmt_seconds(m["time_per_epoch_s"])
+        assert bare(row[col["time/epoch"]]) == "~" + columns.fmt_seconds(m["time_per_epoch_s"])
+        assert bare(row[col["memory added"]]) == columns.fmt_mb(m["peak_memory_mb"] - 690.0)
+        assert row[-1] == bare(row[-1])  # no bold: a single seed
+    assert [r["busy"] for r in rows] == [""] * 4
 
 
-def test_best_per_metric_in_bold(tmp_path):
+def test_single_seed_bolds_only_exact_sizes(tmp_path):
     rank_grid(tmp_path)
-    header, table = md_table(_report_md(tmp_path))
+    md = _report_md(tmp_path)
+    header, table = md_table(md)
     col = {h: i for i, h in enumerate(header)}
     bold = {h: [r[0] for r in table if r[i].startswith("**")] for h, i in col.items()}
-    assert bold["eval loss"] == ["4"] and bold["perplexity"] == ["4"]  # lowest loss
-    assert bold["peak memory"] == ["1"] and bold["trainable params"] == ["1"] and bold["checkpoint"] == ["1"]
-    assert bold["tokens/s"] == ["4"]  # highest throughput
-    assert bold["time/epoch"] == []  # every run the same: nothing to single out
-    assert bold["rank"] == []
+    # one run per rank: no loss, memory or throughput difference can be told from seed noise
+    for h in ("eval loss", "perplexity", "peak memory", "memory added", "tokens/s", "time/epoch", "rank"):
+        assert bold[h] == [], h
+    assert bold["trainable params"] == ["1"] and bold["checkpoint"] == ["1"]  # exact sizes: the smallest
+    assert "**Single seed**: every row is one run, so no measured column" in md
+    assert "(here eval loss differs by at most 0.2000 between rows)" in md
+    assert "Sizes (trainable params, trainable %, checkpoint) follow from the config" in md
 
 
 def _report_md(root: Path) -> str:
@@ -327,8 +354,8 @@ def test_task_metrics_become_columns(tmp_path):
     )
     header, table = md_table(_report_md(tmp_path))
     assert header[-2:] == ["test_rouge1", "test/bleu"]
-    assert [r[-2] for r in table] == ["0.3100", "**0.3500**"]  # higher is better
-    assert [r[-1] for r in table] == ["**12.5000**", "11.0000"]
+    assert [r[-2] for r in table] == ["0.3100", "0.3500"]  # one seed: measured, never bold
+    assert [r[-1] for r in table] == ["12.5000", "11.0000"]
     assert (
         columns.task_metric("eval/forgetting").lower_is_better
         and not columns.task_metric("test/reward").lower_is_better
@@ -468,7 +495,7 @@ def test_every_status_listed_with_error_and_step(tmp_path, capsys):
 def no_render(monkeypatch):
     """Plots are built (axes, labels, legends, point labels) but not rendered to PNG: for tests that read
     only what a plot shows, not its pixels (rendering is most of a plot's cost)."""
-    monkeypatch.setattr(plots, "_png", lambda fig: PNG_SIGNATURE)
+    monkeypatch.setattr(figures, "png", lambda fig: PNG_SIGNATURE)
 
 
 def bold_by_column(md: str) -> dict[str, list[str]]:
@@ -477,45 +504,46 @@ def bold_by_column(md: str) -> dict[str, list[str]]:
 
 
 def test_stale_runs_flagged_and_not_compared(tmp_path, capsys, no_render):
-    rank_grid(tmp_path, code={4: OTHER_CODE})  # rank 4 has the best eval loss and tokens/s, but other code
+    rank_grid(tmp_path, code={1: OTHER_CODE})  # rank 1 has the fewest parameters, but ran other code
     rep = report.write_report(tmp_path, plots=False)
-    assert [r.name for r in rep.study.stale] == ["2"] and rep.study.code == current_code()
+    assert [r.name for r in rep.study.stale] == ["0"] and rep.study.code == current_code()
     md = (tmp_path / "report.md").read_text()
     header, table = md_table(md)
     assert header[:2] == ["rank", "status"]
     assert [(r[0], r[1]) for r in table] == [
-        ("1", "current"),
+        ("1", "stale"),
         ("2", "current"),
-        ("4", "stale"),
+        ("4", "current"),
         ("8", "current"),
     ]
     bold = bold_by_column(md)
-    assert bold["eval loss"] == ["8"] and bold["perplexity"] == ["8"] and bold["tokens/s"] == ["1"]
-    assert not any(c.startswith("**") for c in table[2])  # the stale row is never best
+    assert bold["trainable params"] == ["2"] and bold["checkpoint"] == ["2"]
+    assert not any(c.startswith("**") for c in table[0])  # the stale row is never best
+    assert "Stale rows are never bold." in md
     assert "**1 of 4 successful run(s) are stale**" in md and f"(theirs: `{OTHER_CODE}` (1))" in md
     assert f"current `{current_code()}`" in md and "`sweep.rerun_stale=true` re-runs them" in md
     assert "1 succeeded" not in md and "4 succeeded (1 stale)" in md
-    assert plots.plot_pareto(rep.study)[0].points == ["rank=1", "rank=2", "rank=8"]  # no stale point
-    assert plots.plot_memory(rep.study)[0].points == ["rank=1", "rank=2", "rank=8"]
+    assert plots.plot_pareto(rep.study)[0].points == ["2", "4", "8"]  # no stale point
+    assert plots.plot_memory(rep.study)[0].points == ["2", "4", "8"]
     rows = csv_rows(tmp_path)
     assert [(r["rank"], r["status"], r["stale"]) for r in rows] == [
-        ("1", "success", "false"),
+        ("1", "success", "true"),
         ("2", "success", "false"),
-        ("4", "success", "true"),
+        ("4", "success", "false"),
         ("8", "success", "false"),
     ]
-    assert rows[2]["code_key"] == OTHER_CODE and float(rows[2]["eval_loss"]) == RANK_METRICS[4]["eval_loss"]
+    assert rows[0]["code_key"] == OTHER_CODE and float(rows[0]["eval_loss"]) == RANK_METRICS[1]["eval_loss"]
 
     # --allow-stale: still flagged, but compared like the others.
     assert report.main([str(tmp_path), "--allow-stale", "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "1 stale run(s) (other code than now): compared anyway (--allow-stale)" in out
     md = (tmp_path / "report.md").read_text()
-    assert md_table(md)[1][2][1] == "stale" and "because of `--allow-stale`" in md
+    assert md_table(md)[1][0][1] == "stale" and "because of `--allow-stale`" in md
     bold = bold_by_column(md)
-    assert bold["eval loss"] == ["4"] and bold["tokens/s"] == ["4"]
+    assert bold["trainable params"] == ["1"] and bold["checkpoint"] == ["1"]
     pareto = plots.plot_pareto(report.load(tmp_path, allow_stale=True))[0]
-    assert "rank=4 (stale)" in pareto.points  # compared, still flagged
+    assert "1 (stale)" in pareto.points  # compared, still flagged
 
 
 def test_stale_replicates_never_share_a_row(tmp_path):
@@ -580,7 +608,7 @@ def test_memory_predicted_against_measured(tmp_path):
         assert (
             row[peak_col + 1] == columns.fmt_mb(pred) and row[peak_col + 2] == f"{peak / pred:.2f}"
         )  # never bold
-    assert table[0][peak_col] == "**700 MiB**" and table[1][peak_col + 2] == "1.12"
+    assert table[0][peak_col] == "700 MiB" and table[1][peak_col + 2] == "1.12"  # one seed: no bold
     assert (
         "on CPU the peak resident set size of the whole process, which includes the Python/torch runtime"
         in md
@@ -604,7 +632,7 @@ def test_memory_predicted_against_measured(tmp_path):
         "CPU (process peak RSS, runtime included)",
         "y = x (prediction exact)",
     ]
-    assert plot.points == ["rank=1", "rank=2", "rank=4"]
+    assert plot.points == ["1", "2", "4"] and plot.title.endswith("(points: rank)")
     assert (tmp_path / plot.file).read_bytes()[:8] == PNG_SIGNATURE
 
     # Fewer than 2 runs with both numbers: no memory plot.
@@ -721,7 +749,7 @@ def test_seeds_give_mean_std_and_ci(tmp_path):
         half = T975[2] * std / math.sqrt(3)
         assert row[1] == "3"
         assert bare(row[col]) == f"{mean:.4f} ± {std:.4f} [{mean - half:.4f}, {mean + half:.4f}]"
-    assert table[0][col].startswith("**") and not table[1][col].startswith("**")
+    assert not any(r[col].startswith("**") for r in table)  # the 95% intervals overlap: not distinguishable
     assert "seeds 0, 1, 2" in md and "95% confidence interval" in md
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert len(rows) == 6 and [int(r["seed"]) for r in rows] == [0, 1, 2, 0, 1, 2]
@@ -751,10 +779,15 @@ def test_plots_fit_what_varied(tmp_path):
     assert set(by_kind) == {"line", "curves", "pareto", "memory"}  # rank is numeric: no bars
     line = by_kind["line"]
     assert line.file == "plot-rank.png" and line.xlabels == ["rank"] * 3
-    assert line.ylabels == ["eval loss", "peak memory (MiB)", "tokens/s"]
-    assert by_kind["curves"].xlabels == ["step"] and by_kind["curves"].ylabels == ["train loss"]
+    assert line.ylabels == [
+        "eval loss",
+        "memory added in training (MiB)",
+        "tokens/s",
+    ]  # CPU: what training added
+    assert by_kind["curves"].xlabels == ["step"] * 2
+    assert by_kind["curves"].ylabels == ["train loss", "eval loss"]
     assert by_kind["curves"].series == ["rank=1", "rank=2", "rank=4", "rank=8"]
-    assert by_kind["pareto"].xlabels == ["peak memory (MiB)", "trainable params"]
+    assert by_kind["pareto"].xlabels == ["memory added in training (MiB)", "trainable params"]
     assert by_kind["pareto"].ylabels == ["eval loss"] * 2 and "Pareto frontier" in by_kind["pareto"].series
     for p in rep.plots:
         data = (tmp_path / p.file).read_bytes()
@@ -777,7 +810,7 @@ def test_plots_fit_what_varied(tmp_path):
     rep = report.write_report(tmp_path)
     bars = next(p for p in rep.plots if p.kind == "bars")
     assert bars.file == "plot-optim-bars.png" and bars.xlabels == ["optim"] * 3
-    assert bars.ylabels == ["time/epoch (s)", "peak memory (MiB)", "eval loss"]
+    assert bars.ylabels == ["time/epoch (s)", "memory added in training (MiB)", "eval loss"]
     assert not (tmp_path / "plot-rank.png").exists()
 
 
