@@ -115,6 +115,7 @@ class WandbLogger:
         import wandb
 
         self._wandb = wandb
+        self._step = 0  # the last step logged (see log)
         kwargs = dict(
             project=project,
             entity=entity,
@@ -143,11 +144,18 @@ class WandbLogger:
             self.mode = "offline"
             self.run = wandb.init(mode="offline", **kwargs)
 
+    # W&B keeps one history row open per step and drops anything logged at a step lower than its current one
+    # (wandb-core: "ignoring partial history record"). Every call therefore names a step, never below the last:
+    # a call without one (what run.log does by default) would commit the last step's row and move W&B one step
+    # on, so that the metrics measured after training (test/rouge*, eval/forgetting: logged at the last step)
+    # would be dropped from the history and kept in the summary only.
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log(metrics, step=step)
+        self._step = max(self._step, int(step))
+        self.run.log(metrics, step=self._step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
+        """A table (the test generations) in the row of the last step logged."""
+        self.run.log({key: self._wandb.Table(columns=columns, data=rows)}, step=self._step)
 
     def finish(self, summary: dict[str, Any]) -> None:
         for k, v in summary.items():

@@ -1,4 +1,5 @@
-"""The one entrypoint: `python -m src.run [key=value ...] [-m]`.
+"""The one entrypoint: `python -m src.run [key=value ...] [-m]`; `--help` prints tunegrid's help (Hydra's
+help mechanism: conf/hydra/help/tunegrid.yaml, with the config groups Hydra finds in conf/ when it runs).
 
 Hydra composes the config and picks the run's folder (named from the config: src/config/identity.py);
 `run_job` hands both to the task wrapper (src/train.py `run_recorded`), which validates, claims the folder,
@@ -15,11 +16,21 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src import interrupts, records
 from src.config import validate
 from src.train import run_recorded
+
+
+def shown(value: Any) -> str:
+    """`${tg.shown:${key}}` in --help: a value spelled as an override would spell it (null, true, 0.001)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+OmegaConf.register_new_resolver("tg.shown", shown, replace=True)  # read by --help alone
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

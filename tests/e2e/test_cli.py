@@ -411,6 +411,76 @@ def test_wandb_offline_readback(single_run):
         assert math.isclose(wb.summary[key], m[key], rel_tol=1e-9), key
 
 
+@pytest.mark.slow
+def test_a_saved_model_has_a_model_card(single_run):
+    """checkpoint/README.md: the model card of the weights beside it, with the run's resolved config."""
+    assert single_run.proc.returncode == 0, single_run.proc.stderr[-3000:]
+    rec = json.loads((single_run.run_dir / RECORD).read_text())
+    meta, body = _model_card(single_run.run_dir / "checkpoint")
+    assert meta["library_name"] == "transformers" and "base_model" not in meta  # tiny: on no hub
+    assert "no hub id" in body and f"`{rec['config']['method']['name']}`" in body
+    assert _card_config(body) == rec["config"]
+    assert f"| eval_loss | {rec['metrics']['eval_loss']:.4g} |" in body
+
+
+@pytest.fixture(scope="module")
+def evaluated_lora_run(tmp_path_factory):
+    """A short LoRA run with W&B, generation and forgetting on: the metrics measured after training."""
+    run_dir = tmp_path_factory.mktemp("evaluated") / "run"
+    overrides = ["method=lora", *quick(logger="wandb", **{"eval.num_samples": 2, "eval.forgetting": "true"})]
+    proc = run_cli(*overrides, f"hydra.run.dir={run_dir}", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return SimpleNamespace(proc=proc, run_dir=run_dir, rec=json.loads((run_dir / RECORD).read_text()))
+
+
+@pytest.mark.slow
+def test_metrics_after_training_reach_the_wandb_history(evaluated_lora_run):
+    """Test ROUGE, forgetting and the generations table, logged after the last step, are in the last step's
+    history row (W&B drops a row for a step lower than its current one), and in the summary."""
+    m, run_dir = evaluated_lora_run.rec["metrics"], evaluated_lora_run.run_dir
+    wb = wandb_reader.read_run(wandb_reader.find_run_file(run_dir))
+    last = wb.history[-1]
+    assert last["_step"] == m["steps"] and [r["_step"] for r in wb.history].count(m["steps"]) == 1
+    pairs = {k: k for k in ("test/rouge1", "test/rougeL", "test/accuracy", "eval/forgetting")}
+    for key, in_record in {**pairs, "test/loss": "test_loss"}.items():  # W&B key -> record key
+        assert math.isclose(last[key], m[in_record], rel_tol=1e-9), key
+        assert math.isclose(wb.summary[in_record], m[in_record], rel_tol=1e-9), key
+    assert last["test/samples/_type"] == "table-file" and last["test/samples/nrows"] == 2
+    logs = "".join(p.read_text() for p in run_dir.glob("wandb/*run-*/logs/*.log"))
+    assert "ignoring partial history record" not in logs
+
+
+@pytest.mark.slow
+def test_a_saved_adapter_has_a_model_card_and_loads(evaluated_lora_run):
+    from peft import AutoPeftModelForCausalLM
+
+    rec, folder = evaluated_lora_run.rec, evaluated_lora_run.run_dir / "checkpoint"
+    meta, body = _model_card(folder)
+    assert meta["library_name"] == "peft" and "lora" in meta["tags"]
+    assert _card_config(body) == rec["config"]
+    assert f"| test_loss | {rec['metrics']['test_loss']:.4g} |" in body
+    # The tiny model has no hub id: the adapter names the cached folder it was trained on, and loads from it.
+    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base).is_dir() and base in body
+    model = AutoPeftModelForCausalLM.from_pretrained(str(folder))
+    assert model.peft_config["default"].r == rec["config"]["rank"]
+
+
+def _model_card(folder: Path) -> tuple[dict, str]:
+    import yaml
+
+    text = (folder / "README.md").read_text()
+    assert text.startswith("---\n"), text[:200]
+    meta, _, body = text[4:].partition("\n---\n")
+    return yaml.safe_load(meta), body
+
+
+def _card_config(body: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(body.split("```yaml\n", 1)[1].split("\n```", 1)[0])
+
+
 # --------------------------------------------------------------------------- grids (slow)
 
 
