@@ -81,7 +81,7 @@ def _memory_note(study: Study) -> str:
         "the peak resident set size of the whole process, which includes the Python/torch runtime, so there "
         "measured/predicted is not a check of the prediction: the ratio is only meaningful on GPU. Predicted "
         "memory is weights + gradients + optimizer state + activations from sizes alone "
-        "(src.metrics.predict_memory_mb; the parts per run are in results.csv)."
+        "(src.costs.predict_memory_mb; the parts per run are in results.csv)."
     )
     if cpu == len(runs):
         return note + " Every run here with a prediction ran on CPU."

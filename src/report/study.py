@@ -90,7 +90,7 @@ class Run:
 
     def predicted_skip(self) -> tuple[float | None, float | None]:
         """(predicted peak MiB, device memory MiB) of a skipped_oom cell: from the record's metrics when it
-        holds them, else from the SkippedOOM message src.metrics.check_fits writes."""
+        holds them, else from the SkippedOOM message src.costs.check_fits writes."""
         pred = number(self.metrics.get("predicted_memory_mb"))
         cap = None
         if m := _PREDICTED_IN_ERROR.search(str(self.record.get("error") or "")):

@@ -254,7 +254,7 @@ def write_failed(
 
 
 def skipped_oom_error(predicted_mb: float, capacity_mb: float) -> SkippedOOM:
-    """The exception src.metrics.check_fits raises for a cell predicted not to fit."""
+    """The exception src.costs.check_fits raises for a cell predicted not to fit."""
     return SkippedOOM(f"predicted peak {predicted_mb:.0f} MiB > device memory {capacity_mb:.0f} MiB")
 
 
