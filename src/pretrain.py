@@ -58,7 +58,7 @@ def pretrain(model: Any, tokenizer, cfg: DictConfig, seed: int) -> dict[str, flo
                 losses.append(float(logs["loss"]))
 
     print(
-        f"tunegrid: pretraining the tiny model once ({cfg.steps} steps, about a minute on 2 CPU cores; cached)",
+        f"tunegrid: pretraining the tiny model once, into the cache ({cfg.steps} steps)",
         file=sys.stderr,
     )
     with tempfile.TemporaryDirectory(prefix="tunegrid-pretrain-") as out:

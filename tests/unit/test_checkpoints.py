@@ -210,13 +210,16 @@ def test_an_unreadable_marker_moves_the_checkpoints_aside_instead_of_failing(tmp
 
 def test_a_corrupt_cached_tiny_model_is_rebuilt(tmp_path, capsys):
     cfg = validate(compose_cfg(*QUICK, "model.pretrain.steps=3"))  # a short pretraining, built three times
+    pretraining = "tunegrid: pretraining the tiny model once, into the cache (3 steps)"
     folder = models.materialise_tiny(cfg.model, tmp_path)
+    assert tunegrid_lines(capsys.readouterr().err) == [pretraining]
     good = (folder / "model.safetensors").read_bytes()
     damage(folder / "model.safetensors", "garbage")
     assert models.materialise_tiny(cfg.model, tmp_path) == folder
     assert tunegrid_lines(capsys.readouterr().err) == [
         f"tunegrid: cached model {folder} is unreadable (model.safetensors: not a safetensors file: header too "
-        "large); removed, rebuilding it"
+        "large); removed, rebuilding it",
+        pretraining,
     ]
     assert (
         folder / "model.safetensors"
