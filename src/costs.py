@@ -25,17 +25,23 @@ def reset_peak_memory() -> None:
         _CLEAR_REFS.write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
 
 
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB; None where /proc is not there."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def peak_memory_mb() -> float:
     """CUDA peak allocated memory on GPU; the process's peak resident set size on CPU."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
 
 
 def current_memory_mb() -> float | None:
@@ -45,13 +51,7 @@ def current_memory_mb() -> float | None:
     activations), without the runtime and the weights that were already there."""
     if torch.cuda.is_available():
         return torch.cuda.memory_allocated() / 2**20
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
+    return _status_mb("VmRSS")
 
 
 class PaddingCounter:
