@@ -100,6 +100,9 @@ def _first_trained_block(model, cfg) -> int:
     return first
 
 
+TRL_LOGIT_TILE = 32768  # tokens per LM-head tile in TRL 1.16's fused log-probs (_CHUNKED_LOGPROB_CHUNK_SIZE)
+
+
 def predict_memory_mb(model, cfg, spec: Spec, precision: str) -> dict[str, float]:
     """Predicted training peak from sizes alone (documented in the README, "Memory prediction"):
 
@@ -109,6 +112,11 @@ def predict_memory_mb(model, cfg, spec: Spec, precision: str) -> dict[str, float
     B·S·H·(34 + 5·A·S/H) bytes at 16-bit (Korthikanti et al. 2022; ×2 in fp32; only B·S·H·bytes with
     gradient checkpointing) + logits and their gradient B·S·V·4·2. B = micro-batch, S = data.max_seq_len
     (an upper bound under dynamic padding), H hidden size, A heads, V vocabulary.
+
+    A preference objective (DPO) runs each pair's chosen and rejected answers in one batch: 2B rows. TRL
+    projects through the LM head in tiles of at most 32,768 tokens (trl.trainer.utils add_fused_lm_head), so its
+    logits term is min(2B·S, 32768)·V·4·2. The reference adds a second copy of the weights (`copy`: full
+    fine-tuning), nothing for an adapter switched off, and no gradients or activations either way (no_grad).
     """
     from src.methods import count_params, memory_split
 
@@ -119,7 +127,9 @@ def predict_memory_mb(model, cfg, spec: Spec, precision: str) -> dict[str, float
     config = getattr(getattr(model, "base_model", None), "config", config)
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1) or 1)
     vocab = spec.output_size(int(getattr(config, "vocab_size", 0) or 0))  # num_labels for a classifier
+    pairs = spec.objective.pairs
     b, s, h = int(cfg.trainer.batch_size), int(cfg.data.max_seq_len), int(cfg.model.hidden_size)
+    b *= 2 if pairs else 1  # chosen and rejected rows
     act_bytes = 2 if precision in ("bf16", "fp16") else 4
     blocks = int(cfg.model.num_layers) - _first_trained_block(model, cfg)
     if cfg.trainer.gradient_checkpointing:
@@ -130,7 +140,9 @@ def predict_memory_mb(model, cfg, spec: Spec, precision: str) -> dict[str, float
         "weights_mb": weights / mb,
         "gradients_mb": 4 * trainable / mb,
         "optimizer_mb": float(cfg.optim.get("state_bytes_per_param", 8)) * trainable / mb,
-        "activations_mb": (blocks * per_block + b * s * vocab * 4 * 2) / mb,
+        "activations_mb": blocks * per_block / mb,
+        "logits_mb": min(b * s, TRL_LOGIT_TILE if pairs else b * s) * vocab * 4 * 2 / mb,
+        "reference_mb": weights / mb if spec.reference == "copy" else 0.0,
     }
     parts["total_mb"] = sum(parts.values())
     return parts

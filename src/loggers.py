@@ -180,8 +180,15 @@ _RENAME = {
 }
 
 
-def rename(logs: dict[str, Any]) -> dict[str, float]:
+def rename(logs: dict[str, Any], perplexity: bool = True) -> dict[str, float]:
+    """Trainer log keys -> split-prefixed metric names; `perplexity`: the loss is a token NLL (not DPO's)."""
     out: dict[str, float] = {}
+    if (
+        "test_loss" in logs
+    ):  # TRL 1.16 prefixes its own metrics eval_ whatever the split: here they are test's
+        logs = {
+            ("test_" + k.removeprefix("eval_")) if k.startswith("eval_") else k: v for k, v in logs.items()
+        }
     for k, v in logs.items():
         if not isinstance(v, int | float) or k.endswith(
             ("model_preparation_time", "train_tokens_per_second")
@@ -195,7 +202,7 @@ def rename(logs: dict[str, Any]) -> dict[str, float]:
         else:
             name = f"train/{k}"
         out[name] = v
-        if name.endswith("/loss") and not name.startswith("train/") and math.isfinite(v):
+        if perplexity and name.endswith("/loss") and not name.startswith("train/") and math.isfinite(v):
             out[name.replace("/loss", "/perplexity")] = math.exp(min(v, 50.0))
     return out
 
@@ -203,8 +210,9 @@ def rename(logs: dict[str, Any]) -> dict[str, float]:
 class MetricsCallback(TrainerCallback):
     """Forward every Trainer log to all backends, adding train/tokens_per_s over each logging window."""
 
-    def __init__(self, loggers: list[Logger]):
+    def __init__(self, loggers: list[Logger], perplexity: bool = True):
         self.loggers = loggers
+        self.perplexity = perplexity
         self._last = (0, None)  # (tokens seen, time)
         self.start_tokens = 0
         self.start_step = 0
@@ -218,7 +226,7 @@ class MetricsCallback(TrainerCallback):
         self._last = (state.num_input_tokens_seen, time.perf_counter())
 
     def on_log(self, args, state, control, logs=None, **kw):
-        metrics = rename(logs or {})
+        metrics = rename(logs or {}, self.perplexity)
         if "train/loss" in metrics and self._last[1] is not None:
             tokens, t = state.num_input_tokens_seen, time.perf_counter()
             if t > self._last[1]:

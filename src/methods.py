@@ -78,10 +78,12 @@ def apply(
     frozen_blocks: int = 0,
     gradient_checkpointing: bool = False,
     tokenizer_path: str | None = None,
+    adapter_from=None,
 ):
     """Apply a method (its spec and its YAML node) and the top-level frozen_blocks to a loaded model; returns
     the model to train. With adapters, frozen_blocks already chose the blocks they go on (the PEFT config's
-    layers_to_transform); for full fine-tuning it freezes the embeddings and the bottom blocks."""
+    layers_to_transform); for full fine-tuning it freezes the embeddings and the bottom blocks. `adapter_from`: an
+    earlier run's adapter folder (src/init_from.py) that the method continues instead of a new adapter."""
     if method.untie_head:
         untie_head(model)
     if method.quantised:
@@ -96,7 +98,12 @@ def apply(
             check_lora_targets(model, method_cfg.peft, int(method_cfg.peft.r))
         if method.init_from_text:
             extra["tokenizer_name_or_path"] = tokenizer_path
-        model = get_peft_model(model, build.peft_config(method_cfg.peft, **extra))
+        if adapter_from is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_from), is_trainable=True)
+        else:
+            model = get_peft_model(model, build.peft_config(method_cfg.peft, **extra))
     elif method.trainable:
         for name, p in model.named_parameters():
             p.requires_grad_(any(name == pre or name.startswith(pre + ".") for pre in method.trainable))

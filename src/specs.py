@@ -65,12 +65,37 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    recipe: str  # the module of its recipe steps (src/objectives/<name>.py)
+    pairs: bool  # trains on preference pairs (prompt, chosen, rejected): two sequences per example
+    precomputed_reference: bool  # the reference's log-probs are computed once, before training
+
+    @property
+    def loss_is_nll(self) -> bool:
+        """Its loss is a token negative log-likelihood, so exp(loss) is a perplexity (not for DPO's loss)."""
+        return not self.pairs
+
+
+@dataclass(frozen=True)
 class Spec:
     method: MethodSpec
     task: TaskSpec
     batching: str  # trainer.batching resolved: packing, dynamic, group_by_length or pad_to_max
     num_labels: int | None  # classes of a labelled task
     text_metrics: tuple[str, ...]  # metrics over generations (eval.metrics, else the data set's)
+    objective: ObjectiveSpec = ObjectiveSpec("sft", "src.objectives.sft", False, False)
+
+    @property
+    def reference(self) -> str:
+        """What a preference objective compares the policy with: nothing (SFT); `adapter` (the PEFT model with
+        its adapter switched off, or switched to a frozen copy of an init_from adapter: no second model);
+        `precomputed` (log-probs computed once before training); `copy` (a second full model in memory)."""
+        if not self.objective.pairs:
+            return "none"
+        if self.objective.precomputed_reference:
+            return "precomputed"
+        return "adapter" if self.method.uses_peft else "copy"
 
     def output_size(self, vocab_size: int) -> int:
         """Width of the model's output (the logits the memory prediction counts)."""
@@ -129,6 +154,38 @@ def task_spec(task: Any) -> TaskSpec:
     )
 
 
+def objective_spec(cfg: Any) -> ObjectiveSpec:
+    obj = cfg.objective
+    settings = cfg.get(obj.settings) if obj.get("settings") else None
+    return ObjectiveSpec(
+        name=obj.name,
+        recipe=obj.recipe,
+        pairs=bool(obj.pairs),
+        precomputed_reference=bool((settings or {}).get("precompute_ref_log_probs")),
+    )
+
+
+def _check_objective(objective: ObjectiveSpec, method: MethodSpec, task: TaskSpec, cfg: Any) -> None:
+    """A preference objective needs pairs, a text task, and a method whose reference it can form."""
+    if not objective.pairs:
+        return
+    if not cfg.data.get("pairs"):
+        raise ConfigError(
+            f"data={cfg.data.name}: objective={objective.name} trains on preference pairs and this data set "
+            "declares none (data.pairs); use data=hh_rlhf, data=synthetic_pairs, or data=preference "
+            "data.path=<a file of prompt/chosen/rejected records>"
+        )
+    if task.labelled:
+        raise ConfigError(
+            f"task={task.name}: objective={objective.name} compares generated answers; use task=causal_lm"
+        )
+    if method.prompt_learning:
+        raise ConfigError(
+            f"method={method.name}: objective={objective.name} needs the reference model without the method's "
+            "change, which a soft prompt does not give here; use method=lora, qlora, full or head_only"
+        )
+
+
 def _check_frozen_blocks(method: MethodSpec, cfg: Any) -> None:
     n, blocks = int(cfg.frozen_blocks), int(cfg.model.num_layers)
     if n == 0 or method.freezes_blocks:
@@ -164,7 +221,7 @@ def _check_data(task: TaskSpec, data: Any) -> None:
         )
 
 
-def _batching(method: MethodSpec, task: TaskSpec, cfg: Any) -> str:
+def _batching(method: MethodSpec, task: TaskSpec, objective: ObjectiveSpec, cfg: Any) -> str:
     """auto: packing where it is exact, else dynamic padding; packing asked where it cannot apply fails."""
     mode = str(cfg.trainer.batching)
     why = None
@@ -172,16 +229,21 @@ def _batching(method: MethodSpec, task: TaskSpec, cfg: Any) -> str:
         why = f"method={method.name} prepends virtual tokens to every row and ignores position ids"
     elif not task.packs:
         why = f"data={cfg.data.name} has one label per example"
+    elif objective.pairs:
+        why = f"objective={objective.name} batches each pair's two answers with TRL's own collator"
     if mode == "auto":
         return "dynamic" if why else "packing"
     if mode == "packing" and why:
         raise ConfigError(f"trainer.batching=packing: {why}; use trainer.batching=dynamic (or auto)")
+    if objective.pairs and mode not in ("dynamic",):
+        raise ConfigError(f"trainer.batching={mode}: {why}; use trainer.batching=auto (or dynamic)")
     return mode
 
 
 def of(cfg: Any) -> Spec:
     """The spec of a resolved config (src.config.validate calls this once; the recipe again, for free)."""
-    method, task = method_spec(cfg.method), task_spec(cfg.task)
+    method, task, objective = method_spec(cfg.method), task_spec(cfg.task), objective_spec(cfg)
+    _check_objective(objective, method, task, cfg)
     _check_frozen_blocks(method, cfg)
     _check_data(task, cfg.data)
     if method.prompt_learning and int(cfg.data.max_seq_len) + method.virtual_tokens > int(
@@ -196,7 +258,8 @@ def of(cfg: Any) -> Spec:
     return Spec(
         method=method,
         task=task,
-        batching=_batching(method, task, cfg),
+        batching=_batching(method, task, objective, cfg),
         num_labels=int(cfg.data.num_labels) if task.labelled else None,
         text_metrics=tuple(str(n) for n in (names or ())) if task.generates_text else (),
+        objective=objective,
     )

@@ -42,13 +42,14 @@ def train(
     import torch
     import transformers
 
-    from src import build, costs, data, methods, models
+    from src import build, costs, init_from, methods, models, objectives
     from src import trainer as hf
     from src.evaluation import forgetting, scoring
     from src.loggers import Loggers, MetricsCallback
 
     _quiet_libraries()
-    spec = specs.of(cfg)  # what the method and task can do (checked at validation)
+    spec = specs.of(cfg)  # what the method, task and objective can do (checked at validation)
+    steps = objectives.recipe(spec.objective.recipe)  # the objective's data, Trainer and metrics (sft, dpo)
     precision = models.resolve_precision(cfg.trainer.precision)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     seed = int(cfg.trainer.seed)
@@ -57,17 +58,18 @@ def train(
     cache = cache_dir(cfg)
     scoring.preflight(cfg.eval)  # an enabled reward model / judge that cannot be reached fails now
     build.check_arguments(cfg)  # keys passed through to a library, before anything loads
+    start = init_from.check(cfg, spec)  # the earlier run this one starts from, if any
 
     # 1. Tokenizer, data (tokenised splits and the rendered test prompts), model, method.
     path = models.model_path(cfg.model, cache)
     tokenizer = models.load_tokenizer(path, bool(cfg.model.trust_remote_code))
     prompts = int(cfg.eval.num_samples) if spec.task.generates_text else 0
     reserve = int(cfg.eval.generation.max_new_tokens)  # test prompts leave room for the generation
-    prepared = data.build(cfg.data, tokenizer, cache, spec.task.labelled, prompts, reserve)
+    prepared = steps.prepare_data(cfg, spec, tokenizer, cache, prompts, reserve)
     # Each phase that draws random numbers starts from the run's seed, whatever ran before it (building a
     # cache entry, converting a GGUF file): the same config gives the same run on a fresh cache and a warm one.
     transformers.set_seed(seed)
-    model = models.load_model(path, cfg.model, spec, cfg.method.quantization, models.DTYPES[precision])
+    model, adapter_from = init_from.load(cfg, spec, path, models.DTYPES[precision], start)
     generic, generic_before = None, None
     if cfg.eval.forgetting and spec.task.generates_text and main:  # the base model's loss, for every method
         if torch.cuda.is_available() and not spec.method.quantised:
@@ -79,7 +81,7 @@ def train(
     checkpointing = bool(cfg.trainer.gradient_checkpointing)
     transformers.set_seed(seed)  # adapters and soft prompts are initialised at random
     model = methods.apply(
-        model, spec.method, cfg.method, cfg.model, int(cfg.frozen_blocks), checkpointing, path
+        model, spec.method, cfg.method, cfg.model, int(cfg.frozen_blocks), checkpointing, path, adapter_from
     )
     counts = methods.count_params(model)
     predicted = costs.predict_memory_mb(model, cfg, spec, precision)
@@ -89,16 +91,16 @@ def train(
     tags = [spec.method.name, *([f"study:{cfg.study}"] if cfg.get("study") else [])]
     config = {**flatten(cfg), "overrides": name, **counts}
     loggers = Loggers(cfg.logger, run_dir, name, group, tags, config, enabled=main)
-    metrics_cb = MetricsCallback(loggers.backends)
+    metrics_cb = MetricsCallback(loggers.backends, perplexity=spec.objective.loss_is_nll)
     started = False
     try:
         # 3. The Trainer, configured from the YAML.
-        trainer, hooks = hf.make_trainer(
-            cfg, spec, precision, model, tokenizer, prepared.splits, metrics_cb, attempt, run_dir
+        trainer, hooks = steps.make_trainer(
+            cfg, spec, precision, model, tokenizer, prepared, metrics_cb, attempt, run_dir, start
         )
 
         # 4. Train, with an evaluation before (so every record shows how far the loss fell) and after.
-        out: dict[str, Any] = {"data_info": prepared.info}  # split sizes, records skipped (src/data)
+        out: dict[str, Any] = {"data_info": prepared.info, **(start.describe() if start else {})}
         if cfg.eval.eval_before_training:
             out["initial_eval_loss"] = hf.evaluate_before_training(trainer)
         costs.reset_peak_memory()
@@ -123,7 +125,7 @@ def train(
         # 5. Losses after training, the saved weights (the adapter alone for PEFT methods), cost metrics.
         out.update(peak_memory_mb=costs.peak_memory_mb(), predicted_memory_mb=predicted["total_mb"])
         out["predicted_memory"] = predicted
-        out.update(hf.final_losses(trainer, prepared.splits, bool(cfg.eval.test_split)))  # on every rank
+        out.update(steps.final_metrics(trainer, prepared, cfg))  # losses, on every rank
         ckpt = run_dir / "checkpoint"
         hf.save_weights(trainer, ckpt)
         if not main:  # the rest (sizes, generations, scores, the W&B run) is rank 0's
@@ -131,7 +133,6 @@ def train(
         session = hf.session_metrics(trainer, result, metrics_cb, hooks, spec.batching)
         out.update(
             train_loss=session.pop("train_loss"),
-            **hf.perplexities(out),
             **session,
             checkpoint_bytes=costs.weight_bytes(ckpt),
             **counts,
@@ -166,6 +167,8 @@ def train(
                 virtual_tokens=virtual,
             )
         )
+        # The trained model against what it started from (DPO: the verdict; SFT: none).
+        extra.update(steps.verdict(trainer, tokenizer, prepared, cfg, spec, start, run_dir, loggers.backends))
         metrics_cb.emit(extra, int(trainer.state.global_step))
         out.update(extra)
     except BaseException as e:
@@ -191,12 +194,14 @@ def _quiet_libraries() -> None:
     import logging
     import warnings
 
+    import datasets
     import transformers
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()  # TRL tokenises the preference pairs with datasets' map
 
 
 def retry_plans(cfg: DictConfig) -> list[dict[str, Any]]:

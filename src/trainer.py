@@ -24,13 +24,29 @@ from src.evaluation.task_metrics import logits_accuracy
 from src.specs import Spec
 
 
-def training_arguments(cfg: DictConfig, spec: Spec, precision: str, output_dir: Path, model=None):
-    """TrainingArguments from cfg.trainer and cfg.lr_schedule (the Trainer's own defaults never decide)."""
+@dataclass(frozen=True)
+class Flavour:
+    """What an objective changes in the Trainer (src/objectives): the Trainer class and its arguments class
+    (None: transformers' own), extra arguments for each, and whether tunegrid's collator batches (TRL's
+    preference trainer brings its own, and tokenises itself)."""
+
+    trainer_cls: Any = None
+    args_cls: Any = None
+    args: dict[str, Any] = field(default_factory=dict)
+    init: dict[str, Any] = field(default_factory=dict)
+    collate: bool = True
+
+
+def training_arguments(
+    cfg: DictConfig, spec: Spec, precision: str, output_dir: Path, model=None, flavour: Flavour = Flavour()
+):
+    """TrainingArguments (or the objective's subclass of them) from cfg.trainer and cfg.lr_schedule: the
+    Trainer's own defaults never decide, nor TRL's, which differ (lr 1e-6, gradient checkpointing and bf16 on)."""
     import torch
     from transformers import TrainingArguments
 
     t, sched = cfg.trainer, cfg.lr_schedule
-    return TrainingArguments(
+    return (flavour.args_cls or TrainingArguments)(
         output_dir=str(output_dir),
         per_device_train_batch_size=int(t.batch_size),
         per_device_eval_batch_size=int(t.eval_batch_size),
@@ -65,6 +81,7 @@ def training_arguments(cfg: DictConfig, spec: Spec, precision: str, output_dir: 
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         **_over_processes(cfg, model),
+        **flavour.args,
     )
 
 
@@ -111,12 +128,13 @@ def make_trainer(
     metrics_cb,
     attempt: int,
     run_dir: Path,
+    flavour: Flavour = Flavour(),
 ):
     """The Trainer for one attempt (attempt > 0: an out-of-memory retry), and its hooks."""
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
 
     t, debug = cfg.trainer, cfg.debug
-    args = training_arguments(cfg, spec, precision, run_dir / CHECKPOINTS, model)
+    args = training_arguments(cfg, spec, precision, run_dir / CHECKPOINTS, model, flavour)
     padding = costs.PaddingCounter()
     hooks = Hooks(
         loss_watch=callbacks.LossWatch(model, debug.nan_at_step),
@@ -147,18 +165,21 @@ def make_trainer(
     model.register_forward_pre_hook(hooks.padding, with_kwargs=True)  # before packing's: it reads the mask
     if spec.batching == "packing":
         hooks.packed = model.register_forward_pre_hook(drop_packed_attention_mask, with_kwargs=True)
-    opt_cls, opt_kwargs = build.optimizer(cfg.optim.optimizer)
-    trainer = Trainer(
+    collate = collator(tokenizer, int(cfg.data.max_seq_len), spec.batching, spec.task.labelled)
+    trainer = (flavour.trainer_cls or Trainer)(
         model=model,
         args=args,
-        data_collator=collator(tokenizer, int(cfg.data.max_seq_len), spec.batching, spec.task.labelled),
+        data_collator=collate if flavour.collate else None,
         compute_metrics=logits_accuracy if spec.task.labelled else None,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
         callbacks=cbs,
-        optimizer_cls_and_kwargs=(opt_cls, opt_kwargs),
+        **flavour.init,
     )
+    # The optimizer the YAML names. Set here, not passed: TRL 1.16's trainers do not take the argument, and the
+    # Trainer reads the attribute when it creates the optimizer (create_optimizer).
+    trainer.optimizer_cls_and_kwargs = build.optimizer(cfg.optim.optimizer)
     trainer.remove_callback(PrinterCallback)  # our StdoutLogger prints the same logs with split prefixes
     hooks.loss_watch.trainer = trainer
     step = trainer.training_step
@@ -237,14 +258,18 @@ def save_weights(trainer, folder: Path) -> None:
     share(folder)  # safetensors writes 0600, whatever the umask
 
 
-def final_losses(trainer, splits: dict, test_split: bool) -> dict[str, float]:
-    """Eval loss (the Trainer's evaluation at the last step when it made one), eval accuracy of a
-    classifier, and the test split's loss and accuracy."""
+def last_evaluation(trainer) -> dict[str, float]:
+    """The Trainer's evaluation at the last step when it made one, else a new one."""
     state = trainer.state
     last_eval = [h for h in state.log_history if "eval_loss" in h]
-    final = (
+    return (
         last_eval[-1] if last_eval and last_eval[-1].get("step") == state.global_step else trainer.evaluate()
     )
+
+
+def final_losses(trainer, splits: dict, test_split: bool) -> dict[str, float]:
+    """Eval loss (last_evaluation), eval accuracy of a classifier, and the test split's loss and accuracy."""
+    final = last_evaluation(trainer)
     out = {"eval_loss": final["eval_loss"]}
     if "eval_accuracy" in final:
         out["eval_accuracy"] = final["eval_accuracy"]

@@ -22,9 +22,17 @@ studies: ## list the studies in sweeps/ (run one with make sweep-<study> ARGS=".
 	done
 
 # The grid writes its report at the end (src.records.GridSummary) and exits non-zero when a run failed.
-$(addprefix sweep-,$(STUDIES)): sweep-%:
+$(addprefix sweep-,$(filter-out dpo,$(STUDIES))): sweep-%:
 	@dir="$(if $(DIR),$(DIR),multirun/$*/$$(date +%Y-%m-%d_%H-%M-%S))"; \
 	$(PY) -m src.run -m +sweep=$* hydra.sweep.dir="$$dir" $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) )$(ARGS)
+
+# The dpo study has two stages: SFT per method into <dir>/sft/<method> (the same YAML with objective=sft and one
+# β), then the DPO grid from them; the report of <dir> shows both stages (SFT records included).
+sweep-dpo:
+	@dir="$(if $(DIR),$(DIR),multirun/dpo/$$(date +%Y-%m-%d_%H-%M-%S))"; \
+	$(PY) -m src.run -m +sweep=dpo objective=sft beta=0.1 hydra.sweep.dir="$$dir/sft" 'hydra.sweep.subdir=$${method.name}' \
+	  $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) )$(ARGS) && \
+	$(PY) -m src.run -m +sweep=dpo sft_runs="$$dir/sft" hydra.sweep.dir="$$dir" $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) )$(ARGS)
 
 report: ## write report.md, results.csv and plots for a grid: make report DIR=multirun/<study>/<time>
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep folder>"; exit 2; }

@@ -66,6 +66,7 @@ def register_resolvers() -> None:
         "tg.mul": _mul,
         "tg.blocks_from": _blocks_from,
         "tg.if_set": lambda n, value: value if int(n) > 0 else None,
+        "tg.under": lambda root, name: None if root in (None, "", "null") else f"{root}/{name}",
         "tg.cell": _cell,
     }
     for name, fn in resolvers.items():

@@ -2,6 +2,7 @@
 are cut, filtered and split, the templates, and the two generation settings a data set decides
 (`max_new_tokens`, `stop`: conf/eval/default.yaml interpolates them into eval.generation)."""
 
+import string
 from typing import Any, Self
 
 from pydantic import model_validator
@@ -65,6 +66,25 @@ class Truncate(Section):
     side: choice(("left", "right"))
 
 
+def _on_bad(value: Any, ctx: dict) -> str | None:
+    return None if value is None or value in BAD_RECORDS else "error, skip, or null (data.on_bad_record decides)"
+
+
+class Pairs(Section):
+    """Preference pairs (objective=dpo): the preferred answer is the record's SFT rendering; the rejected one
+    renders the same record with `rejected`'s value in place of `chosen`'s, so both share the prompt."""
+
+    chosen: Name
+    rejected: Name
+    # a bad pair (an empty answer, both answers the same): null follows data.on_bad_record; a data set known to
+    # hold some (HH-RLHF has empty answers) says skip, so that its files train with the defaults
+    on_bad: custom(_on_bad) = None
+
+
+def _uses(template: str) -> set[str]:
+    return {n.split(".")[0].split("[")[0] for _, n, _, _ in string.Formatter().parse(template) if n}
+
+
 class DataSection(Section):
     """conf/data/<name>.yaml; src/config/schema.py's `Data` adds the generator's type (a `_target_` object)."""
 
@@ -100,10 +120,29 @@ class DataSection(Section):
     max_eval_samples: integer(lo=1, optional=True) = None
     max_new_tokens: integer(lo=1) = 64  # generated tokens per test prompt (eval.generation.max_new_tokens)
     stop: custom(_stop) = None  # generation stops at these strings (eval.generation.stop_strings)
+    pairs: Pairs | None = None  # {chosen, rejected}: preference pairs for objective=dpo (src/data/pairs.py)
 
     @model_validator(mode="after")
     def _hub_splits_known(self) -> Self:
         unknown = sorted(set(self.hub_splits or {}) - set(SPLITS))
         if unknown:
             raise cross(f"data.hub_splits.{unknown[0]}: not a split; the splits are {', '.join(SPLITS)}")
+        return self
+
+    @model_validator(mode="after")
+    def _pairs_replace_the_answer(self) -> Self:
+        """The rejected answer replaces the field the response is rendered from: any other field would leave
+        the two answers equal (or the prompts different), and every pair would be bad."""
+        if self.pairs is None:
+            return self
+        answer = _uses(self.response) | ({self.derive.field} if self.derive else set())
+        if self.pairs.chosen == self.pairs.rejected:
+            raise cross(f"data.pairs: chosen and rejected are the same field ({self.pairs.chosen})")
+        if self.pairs.chosen not in answer:
+            raise cross(
+                f"data.pairs.chosen={self.pairs.chosen!r}: not a field the answer is rendered from "
+                f"(data.response={self.response!r}"
+                + (f", data.derive.field={self.derive.field!r}" if self.derive else "")
+                + "); the rejected answer takes its place"
+            )
         return self

@@ -1,13 +1,13 @@
-"""The eval group's schema (conf/eval/default.yaml): generation, task metrics, forgetting, reward model and
-judge. The generation, reward and judge settings carry defaults: src/evaluation fills a caller's partial
-settings from them, so the defaults live in one place besides the YAML."""
+"""The eval group's schema (conf/eval/default.yaml): generation, task metrics, forgetting, reward model,
+judge and the DPO verdict. The generation, reward, judge and verdict settings carry defaults: src/evaluation
+fills a caller's partial settings from them, so the defaults live in one place besides the YAML."""
 
 from pathlib import Path
 from typing import Any, Self
 
 from pydantic import model_validator
 
-from src.config.values import Flag, Name, OptName, OptTexts, Section, cross, custom, integer, number
+from src.config.values import Flag, Name, OptName, OptTexts, Section, choice, cross, custom, integer, number
 from src.evaluation.task_metrics import METRICS
 
 SEED_MAX = 2**32 - 1  # numpy's and the Trainer's seeding take 32-bit seeds
@@ -64,6 +64,15 @@ class JudgeSettings(Section):
     template: OptName = None  # null: JUDGE_TEMPLATE
 
 
+class Verdict(Section):
+    """A DPO policy against its reference model on the test prompts (src/evaluation/verdict.py)."""
+
+    scorer: choice(["auto", "reward", *METRICS]) = "auto"  # auto: reward model if set, else first text metric
+    bootstrap: integer(lo=1, note="bootstrap resamples of the win rate") = 1000
+    seed: integer(lo=0, hi=SEED_MAX) = 0
+    num_prompts: integer(lo=1, optional=True, note="null: the eval.num_samples prompts") = None
+
+
 def _judge(value: Any, ctx: dict) -> str | None:
     ok = value is None or (isinstance(value, str) and value.strip() and value.strip() != "api:")
     return None if ok else "null, a local model folder / model id, or api:<model name>"
@@ -94,3 +103,18 @@ class Eval(Section):
     reward: Reward
     judge: custom(_judge)
     judge_settings: JudgeSettings
+    verdict: Verdict
+
+    @model_validator(mode="after")
+    def _verdict_scorer_and_prompts(self) -> Self:
+        v = self.verdict
+        if v.scorer == "reward" and not self.reward_model:
+            raise cross(
+                "eval.verdict.scorer=reward: needs eval.reward_model (a reward model id/folder); it is null"
+            )
+        if v.num_prompts is not None and v.num_prompts > self.num_samples:
+            raise cross(
+                f"eval.verdict.num_prompts={v.num_prompts}: must be ≤ eval.num_samples={self.num_samples} "
+                f"(the verdict reuses the policy's generations on those prompts)"
+            )
+        return self

@@ -25,6 +25,19 @@ ADDED_LATER = {
     "trainer": {"devices": 1, "strategy": "ddp"},
     "data": {"on_bad_record": "error", "group_by": None, "max_new_tokens": 64, "stop": None},
 }
+# Top-level keys added later, left out while they hold the value every earlier run had (as ADDED_LATER).
+ADDED_LATER_TOP = {
+    "init_from": None,
+    "objective": {
+        "name": "sft",
+        "recipe": "src.objectives.sft",
+        "lr_scale": 1,
+        "pairs": False,
+        "settings": None,
+    },
+}
+# Keys only one objective reads: left out of every other objective's identity (an SFT run's β means nothing).
+OBJECTIVE_ONLY = {"dpo": ("dpo", "beta", "data.pairs", "eval.verdict")}
 READABLE_CHARS = 160  # with the hash, well under the 255 bytes a file name may have
 
 
@@ -38,6 +51,18 @@ def identity(cfg: Any) -> dict[str, Any]:
     for group, earlier in ADDED_LATER.items():
         if isinstance(out.get(group), dict):
             out[group] = {k: v for k, v in out[group].items() if k not in earlier or v != earlier[k]}
+    for key, earlier in ADDED_LATER_TOP.items():
+        if key in out and out[key] == earlier:
+            del out[key]
+    objective = (data.get("objective") or {}).get("name", "sft")
+    for name, keys in OBJECTIVE_ONLY.items():
+        if name != objective:
+            for key in keys:
+                group, _, leaf = key.rpartition(".")
+                if not group:
+                    out.pop(leaf, None)
+                elif isinstance(out.get(group), dict):
+                    out[group] = {k: v for k, v in out[group].items() if k != leaf}
     return out
 
 

@@ -112,6 +112,49 @@ class Method(Section):
     quantization: Target | None
 
 
+class Objective(Section):
+    """conf/objective/*.yaml: the recipe module that builds its data, Trainer and metrics (src/objectives)."""
+
+    name: Name
+    recipe: Name
+    lr_scale: number(lo=0, lo_open=True)
+    pairs: Flag
+    settings: OptName
+
+
+# TRL 1.16's DPOTrainer loss types (trl/trainer/dpo_trainer.py)
+DPO_LOSSES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+
+
+def _loss_types(value: Any, ctx: dict) -> str | None:
+    ok = isinstance(value, list) and value and all(v in DPO_LOSSES for v in value)
+    return None if ok else "a non-empty list of " + ", ".join(DPO_LOSSES)
+
+
+class Dpo(Section):
+    """The top-level `dpo:` section (objective=dpo): TRL's DPOConfig knobs."""
+
+    beta: number(lo=0, lo_open=True)
+    loss_type: custom(_loss_types)
+    loss_weights: list[float] | None
+    label_smoothing: number(lo=0, hi=0.5, hi_open=True)
+    max_length: integer(lo=8)
+    precompute_ref_log_probs: Flag
+    disable_dropout: Flag
+    use_liger_kernel: Flag
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> Self:
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise cross(
+                f"dpo.loss_weights={self.loss_weights}: needs one weight per dpo.loss_type ({len(self.loss_type)})"
+            )
+        return self
+
+
 class Task(Section):
     name: Name
     auto_model: Name
@@ -261,11 +304,15 @@ class RunConfig(Section):
     )
     seed: integer(lo=0, hi=SEED_MAX)
     study: OptName
+    beta: number(lo=0, lo_open=True)
+    init_from: OptName
     lr: number(lo=0, lo_open=True)
     weight_decay: number(lo=0)
     resume: choice(("auto", "never"))
     cache_dir: OptName
     sweep: Sweep
+    dpo: Dpo
+    objective: Objective
     task: Task
     model: Model
     method: Method
@@ -282,6 +329,7 @@ class RunConfig(Section):
     effective_batch: integer(lo=1, optional=True) = None
     grad_accum_for_batch_size: dict[str, int] | None = None
     frozen_blocks_grid: dict[str, Any] | None = None
+    sft_runs: OptName = None  # the dpo study's SFT stage (sweeps/dpo.yaml)
 
     @model_validator(mode="after")
     def _polynomial_has_steps_to_decay(self):

@@ -10,6 +10,7 @@ follows the description; it has no per-data-set code.
     checks.py     what a file and its records must be: records at all, JSON syntax, UTF-8, no field missing
     splits.py     filter -> shuffle with split_seed (by group_by) -> sizes fitted to the source -> carve -> cap
     render.py     derive, normalise, the prompt template, the truncation rule, the test prompts
+    pairs.py      preference pairs for objective=dpo: {prompt, chosen, rejected} text splits (build_pairs)
     tokenise.py   prompt + response + EOS -> input_ids / labels, cached with explicit fingerprints
     collate.py    examples -> batches (packed rows, padding per batch, padding to max_seq_len)
     synthetic.py  the embedded default's generated records and the tiny tokenizer's corpus
@@ -53,3 +54,6 @@ def build(
     splits, info = load_splits_info(data_cfg, cache)
     prompts = test_prompts(data_cfg, splits["test"], num_prompts, tokenizer, reserve)
     return Prepared(tokenize_splits(splits, data_cfg, tokenizer, cache, labelled), prompts, info)
+
+
+from src.data.pairs import build_pairs as build_pairs  # noqa: E402 - pairs.py needs Prepared, defined above

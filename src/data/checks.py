@@ -91,11 +91,16 @@ def check_utf8(ds, what: str, path: Path) -> None:
 # --------------------------------------------------------------------------- records that lack a field
 
 
-def checked_fields(data_cfg: DictConfig) -> list[str]:
-    """The fields every record must hold (not null): data.fields and derive's field."""
+def checked_fields(data_cfg: DictConfig, pairs: bool = False) -> list[str]:
+    """The fields every record must hold (not null): data.fields and derive's field, and with `pairs` (the
+    preference pairs are built) data.pairs' two fields, which SFT on the same data set does not need."""
     fields = list(data_cfg.fields)
-    if data_cfg.get("derive") and data_cfg.derive.field not in fields:
-        fields.append(data_cfg.derive.field)
+    extra = [data_cfg.derive.field] if data_cfg.get("derive") else []
+    if pairs and data_cfg.get("pairs"):
+        extra += [data_cfg.pairs.chosen, data_cfg.pairs.rejected]
+    for f in extra:
+        if f not in fields:
+            fields.append(f)
     return fields
 
 
@@ -150,11 +155,11 @@ def _first_bad(ds, row: int, fields: list[str]) -> str:
     return f"row {row} {_lacks(rec, fields) or 'lacks a field'}"
 
 
-def without_bad_records(ds, data_cfg: DictConfig, name: str):
+def without_bad_records(ds, data_cfg: DictConfig, name: str, pairs: bool = False):
     """The source without its records that lack a field (data.on_bad_record=skip; the count is kept as
     `tg_skipped`), or a ConfigError naming the first of them (error, the default): such a record would train
-    on an empty response."""
-    fields = checked_fields(data_cfg)
+    on an empty response. `pairs`: data.pairs' fields are checked too (checked_fields)."""
+    fields = checked_fields(data_cfg, pairs)
     bad = _bad_rows(ds, fields)
     if len(bad) == 0:
         ds.tg_skipped = 0

@@ -14,7 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 from src import build
 from src.atomic import write_lines
 from src.config.data import SPLITS
-from src.data.checks import blank, check_csv, check_json, check_utf8, no_records, without_bad_records
+from src.data.checks import (
+    blank,
+    check_csv,
+    check_json,
+    check_utf8,
+    checked_fields,
+    no_records,
+    without_bad_records,
+)
 from src.data.render import template_fields
 from src.errors import ConfigError, first_line
 
@@ -174,8 +182,11 @@ def source_plan(data_cfg: DictConfig) -> dict[str, str]:
     return {s: str(mapping.get(s) or default) for s in SPLITS}
 
 
-def load_sources(data_cfg: DictConfig, cache: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """({source name: Dataset}, {split: source name}); checks the fields and templates against the records."""
+def load_sources(
+    data_cfg: DictConfig, cache: Path, pairs: bool = False
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """({source name: Dataset}, {split: source name}); checks the fields and templates against the records
+    (`pairs`: data.pairs' fields too, only when the preference pairs are built)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -215,13 +226,7 @@ def load_sources(data_cfg: DictConfig, cache: Path) -> tuple[dict[str, Any], dic
     derived = {data_cfg.derive.head, data_cfg.derive.tail} if data_cfg.get("derive") else set()
     for src, ds in sources.items():
         cols = ds.column_names
-        missing = [f for f in data_cfg.fields if f not in cols]
-        if (
-            data_cfg.get("derive")
-            and data_cfg.derive.field not in cols
-            and data_cfg.derive.field not in missing
-        ):
-            missing.append(data_cfg.derive.field)
+        missing = [f for f in checked_fields(data_cfg, pairs) if f not in cols]
         if missing:
             raise ConfigError(
                 f"data={data_cfg.name}: {names[src]} lacks field(s) {', '.join(missing)} "
@@ -244,6 +249,6 @@ def load_sources(data_cfg: DictConfig, cache: Path) -> tuple[dict[str, Any], dic
                     f"data.{key}={value!r}: not a field of {names[src]} (found: {', '.join(sorted(known))})"
                 )
     for src in list(sources):
-        sources[src] = without_bad_records(sources[src], data_cfg, names[src])
+        sources[src] = without_bad_records(sources[src], data_cfg, names[src], pairs)
         sources[src].tg_name = names[src]
     return sources, plan

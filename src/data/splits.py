@@ -32,10 +32,11 @@ from src.errors import ConfigError
 FIXED_SHARE = 0.2
 
 
-def filter_indices(ds, data_cfg: DictConfig) -> list[int] | None:
-    """Row indices that survive derive (separator present) and max_response_chars; None: keep all."""
+def filter_indices(ds, data_cfg: DictConfig, pairs: bool = False) -> list[int] | None:
+    """Row indices that survive derive (separator present) and max_response_chars; None: keep all. With
+    `pairs` a record without the separator stays: build_pairs reports it as a bad pair (data.on_bad_record)."""
     limit = data_cfg.get("max_response_chars")
-    if not limit and not data_cfg.get("derive"):
+    if not limit and (pairs or not data_cfg.get("derive")):
         return None
     spec = OmegaConf.to_container(data_cfg, resolve=True)  # plain dict: fast per-record access
     response = spec["response"]
@@ -47,6 +48,8 @@ def filter_indices(ds, data_cfg: DictConfig) -> list[int] | None:
         for i in range(n):
             rec = prepare(spec, {k: batch[k][i] for k in keys})
             if rec is None:
+                if pairs:
+                    keep.append(offset + i)
                 continue
             if limit and len(response.format(**rec)) > int(limit):
                 continue
@@ -55,9 +58,9 @@ def filter_indices(ds, data_cfg: DictConfig) -> list[int] | None:
     return keep
 
 
-def _filter_reason(data_cfg: DictConfig) -> str:
+def _filter_reason(data_cfg: DictConfig, pairs: bool) -> str:
     parts = []
-    if data_cfg.get("derive"):
+    if data_cfg.get("derive") and not pairs:
         parts.append(f"contain {data_cfg.derive.at_last!r} in {data_cfg.derive.field} (data.derive)")
     if data_cfg.get("max_response_chars"):
         parts.append(
@@ -202,26 +205,30 @@ def _assign(groups: list[list[int]], counts: dict[str, int], rest: str | None) -
     return out
 
 
-def load_splits_info(data_cfg: DictConfig, cache: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_splits_info(
+    data_cfg: DictConfig, cache: Path, pairs: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Untokenised train/validation/test (filtered, shuffled with split_seed, carved, capped) and what the run
     record shows of them (`data_info`): records per split, records skipped for a missing field, and whether
-    the sizes were carved in proportion to fit a small source."""
+    the sizes were carved in proportion to fit a small source. `pairs` (build_pairs): data.pairs' fields are
+    checked too, and derive's filter leaves the pairs to build_pairs. Each split keeps its source's name and
+    file (`tg_name`, `tg_file`) for messages about its records."""
     import numpy as np
 
     sizes = data_cfg.get("splits") or {}  # validated by the schema: integers ≥ 0 or null
-    sources, plan = load_sources(data_cfg, cache)
+    sources, plan = load_sources(data_cfg, cache, pairs)
     out: dict[str, Any] = {}
     fitted = False
     for src, ds in sources.items():
         mine = [s for s in SPLITS if plan[s] == src]
         wants = {s: (None if sizes.get(s) is None else int(sizes.get(s))) for s in mine}
-        keep = filter_indices(ds, data_cfg)
+        keep = filter_indices(ds, data_cfg, pairs)
         total = len(ds)
         if keep is not None:
             if not keep:
                 raise ConfigError(
                     f"data={data_cfg.name}: no records left after filtering: none of the {total} "
-                    f"records in {ds.tg_name} {_filter_reason(data_cfg)}"
+                    f"records in {ds.tg_name} {_filter_reason(data_cfg, pairs)}"
                 )
             ds = ds.select(keep, keep_in_memory=True)
         n = len(ds)
@@ -260,6 +267,7 @@ def load_splits_info(data_cfg: DictConfig, cache: Path) -> tuple[dict[str, Any],
                 "source": sources[src].tg_source,
                 "rows": hashlib.sha256(rows + idx.tobytes()).hexdigest(),
             }
+            part.tg_name, part.tg_file = sources[src].tg_name, getattr(sources[src], "tg_file", None)
             out[s] = part
     info = {
         "split_records": {s: len(out[s]) for s in SPLITS},

@@ -1,7 +1,8 @@
 """The embedded default's data: deterministic instruction records in Alpaca's format (reverse or sort digits,
-add two numbers, change a word's case), labelled "reviews" for task=classification, the tasks the tiny model is
-pretrained on (other tasks on the same digits and words, so that every study fine-tunes on tasks it has not
-seen), and the text the tiny model's tokenizer is trained on. The YAMLs name these generators by `_target_`."""
+add two numbers, change a word's case), the same with a wrong answer for objective=dpo, labelled "reviews" for
+task=classification, the tasks the tiny model is pretrained on (other tasks on the same digits and words, so
+that every study fine-tunes on tasks it has not seen), and the text the tiny model's tokenizer is trained on.
+The YAMLs name these generators by `_target_`."""
 
 from __future__ import annotations
 
@@ -78,6 +79,43 @@ def synthetic_records(n: int, seed: int) -> list[dict[str, str]]:
             out.append({"instruction": "Add the two numbers.", "input": f"{a} + {b}", "output": str(a + b)})
         else:
             out.append(case_record(rng.sample(WORDS, rng.randint(1, 3)), kind == 3))
+    return out
+
+
+def _swapped(xs: list[str], rng: random.Random) -> str | None:
+    """The list with one adjacent pair of different digits swapped (None when every digit is the same)."""
+    at = [i for i in range(len(xs) - 1) if xs[i] != xs[i + 1]]
+    if not at:
+        return None
+    i = rng.choice(at)
+    return " ".join([*xs[:i], xs[i + 1], xs[i], *xs[i + 2 :]])
+
+
+def _wrong_answers(rec: dict[str, str], rng: random.Random) -> list[str | None]:
+    """Plausible mistakes for one synthetic record, by its instruction (those of synthetic_records)."""
+    instruction, out = rec["instruction"], rec["output"]
+    if instruction.startswith("Reverse"):
+        xs = rec["input"].split()
+        return [" ".join(xs), " ".join(sorted(xs))]  # not reversed at all, or sorted instead
+    if instruction.startswith("Sort"):
+        xs = out.split()
+        return [" ".join(xs[::-1]), _swapped(xs, rng)]  # descending, or one pair out of order
+    if instruction.startswith("Add"):
+        return [str(int(out) + d) for d in (-3, -2, -1, 1, 2, 3) if int(out) + d >= 0]  # off by a little
+    return [out.swapcase(), out.title()]  # the other case, or only the first letters changed
+
+
+def synthetic_pairs(n: int, seed: int) -> list[dict[str, str]]:
+    """synthetic_records with a plausible wrong answer in `rejected` (never the output), for objective=dpo;
+    deterministic in `seed` (the records are synthetic_records(n, seed)'s, the mistakes drawn apart)."""
+    rng = random.Random(f"rejected:{seed}")
+    out = []
+    for rec in synthetic_records(n, seed):
+        wrong = [w for w in _wrong_answers(rec, rng) if w is not None and w != rec["output"]]
+        if not wrong:  # a list of one repeated digit: every order is right; change a digit instead
+            xs = rec["output"].split()
+            wrong = [" ".join([*xs[:-1], str((int(xs[-1]) + 1) % 10)])]
+        out.append({**rec, "rejected": rng.choice(wrong)})
     return out
 
 

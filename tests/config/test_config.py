@@ -141,6 +141,7 @@ def test_every_choice_composes_and_validates(group, choice):
 
     # The effective lr follows the documented product unless lr= is given.
     expected_lr = float(cfg.optim.base_lr) * float(cfg.method.lr_scale) * float(cfg.model.lr_scale)
+    expected_lr *= float(cfg.objective.lr_scale)
     assert math.isclose(resolved.lr, expected_lr, rel_tol=1e-12)
     assert resolved.optim.optimizer.lr == resolved.lr
     assert resolved.optim.optimizer.weight_decay == resolved.weight_decay == cfg.optim.default_weight_decay

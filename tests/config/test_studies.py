@@ -38,6 +38,7 @@ EXPECTED = {
     "frozen_blocks": {"method": ["full", "lora"], "frozen_blocks": [0, 1, 2, 3, 4]},
     "batch": {"trainer.batch_size": [4, 8, 16, 32]},
     "batching": {"trainer.batching": ["pad_to_max", "dynamic", "packing", "group_by_length"]},
+    "dpo": {"method": ["lora", "full"], "beta": [0.05, 0.1, 0.5]},
 }
 
 

@@ -218,7 +218,15 @@ def check_prediction(m: dict) -> None:
     training): the non-activation parts must match them, the optimizer state within the few bytes per
     tensor that a step counter takes."""
     p = m["predicted_memory"]
-    assert set(p) == {"weights_mb", "gradients_mb", "optimizer_mb", "activations_mb", "total_mb"}, p
+    assert set(p) == {
+        "weights_mb",
+        "gradients_mb",
+        "optimizer_mb",
+        "activations_mb",
+        "logits_mb",
+        "reference_mb",
+        "total_mb",
+    }, p
     assert m["predicted_memory_mb"] == p["total_mb"]
     assert math.isclose(p["total_mb"], sum(v for k, v in p.items() if k != "total_mb"), rel_tol=1e-12)
     assert math.isclose(p["weights_mb"] * MB, m["weights_bytes"], rel_tol=1e-12), (p, m["weights_bytes"])
