@@ -38,8 +38,8 @@ class Start:
             "run_dir": str(self.run_dir),
             "config_hash": self.record.get("config_hash"),
             "method": self.record.get("method"),
-            "objective": ((self.record.get("config") or {}).get("objective") or {}).get("name", "sft"),
-            "weights": "adapter" if self.adapter else "full",
+            "objective": ((self.record.get("config") or {}).get("objective") or {}).get("name"),  # None: SFT
+            "weights": "adapter" if self.adapter else "model",
         }
         return {"init_from": about}
 
@@ -77,7 +77,9 @@ def check(cfg, spec: Spec) -> Start | None:
 
 def _check_adapter(key: str, adapter: dict[str, Any], cfg, spec: Spec) -> None:
     """A continued adapter keeps its own shape: this run's LoRA settings must be the same."""
-    if adapter.get("peft_type") != "LORA":
+    if (
+        adapter.get("r") is None
+    ):  # a soft prompt: nothing to merge into the weights, nothing LoRA can continue
         raise ConfigError(
             f"{key}: holds a {adapter.get('peft_type')} adapter; only a LoRA adapter can be started from"
         )
