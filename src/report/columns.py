@@ -103,6 +103,7 @@ TABLE_METRICS: tuple[Metric, ...] = (
     Metric("checkpoint_bytes", "checkpoint", fmt_bytes, True, "checkpoint (bytes)", exact=True),
     Metric("eval_loss", "eval loss", fmt_4, True),
     Metric("perplexity", "perplexity", fmt_2, True),
+    Metric("eval_pref_loss", "eval DPO loss", fmt_4, True, "eval DPO loss (log 2 at the start)"),
 )
 BY_KEY = {m.key: m for m in TABLE_METRICS}
 TRAIN_TIME = Metric("train_runtime_s", "train time", fmt_seconds, True, "train time (s)", timing=True)

@@ -50,6 +50,11 @@ class Run:
         memory_added_mb (peak minus the memory in use when training began; records from before that baseline
         was measured have none)."""
         out = dict(self.metrics)
+        if ((self.record.get("config") or {}).get("objective") or {}).get("pairs"):
+            # A preference loss (DPO's) is not a token NLL: its own columns, never ranked or plotted with SFT's.
+            for split in ("eval", "test", "initial_eval"):
+                if f"{split}_loss" in out:
+                    out[f"{split}_pref_loss"] = out.pop(f"{split}_loss")
         if self.status == SKIPPED_OOM and out.get("predicted_memory_mb") is None:
             out["predicted_memory_mb"] = self.predicted_skip()[0]
         peak, pred = number(out.get("peak_memory_mb")), number(out.get("predicted_memory_mb"))
