@@ -67,7 +67,9 @@ class Truncate(Section):
 
 
 def _on_bad(value: Any, ctx: dict) -> str | None:
-    return None if value is None or value in BAD_RECORDS else "error, skip, or null (data.on_bad_record decides)"
+    return (
+        None if value is None or value in BAD_RECORDS else "error, skip, or null (data.on_bad_record decides)"
+    )
 
 
 class Pairs(Section):
