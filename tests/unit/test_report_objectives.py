@@ -33,4 +33,3 @@ def test_dpo_loss_is_its_own_column_and_dpo_metrics_show(tmp_path):
     assert (
         rows["dpo"][col["eval/reward_accuracy"]] == "0.7000" and rows["dpo"][col["test/win_rate"]] == "0.6250"
     )
-    assert rows["dpo"][col["perplexity"]] == "—"
