@@ -165,11 +165,12 @@ def make_trainer(
     model.register_forward_pre_hook(hooks.padding, with_kwargs=True)  # before packing's: it reads the mask
     if spec.batching == "packing":
         hooks.packed = model.register_forward_pre_hook(drop_packed_attention_mask, with_kwargs=True)
-    collate = collator(tokenizer, int(cfg.data.max_seq_len), spec.batching, spec.task.labelled)
     trainer = (flavour.trainer_cls or Trainer)(
         model=model,
         args=args,
-        data_collator=collate if flavour.collate else None,
+        data_collator=collator(tokenizer, int(cfg.data.max_seq_len), spec.batching, spec.task.labelled)
+        if flavour.collate
+        else None,
         compute_metrics=logits_accuracy if spec.task.labelled else None,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],

@@ -204,3 +204,13 @@ def code_snapshot(dest: Path) -> Path:
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
         subprocess.run([*git, *cmd], check=True, capture_output=True, timeout=60)
     return dest
+
+
+class TableRecorder:
+    """A logger backend that keeps the tables logged to it (log_table), for tests of what goes to W&B."""
+
+    def __init__(self):
+        self.tables = []
+
+    def log_table(self, key, columns, rows):
+        self.tables.append((key, columns, rows))

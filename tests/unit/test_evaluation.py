@@ -23,7 +23,7 @@ from src.config.evaluation import JUDGE_TEMPLATE
 from src.data.render import render_prompt, render_response, shortened_prompt, token_ids
 from src.data.splits import load_splits
 from src.evaluation import forgetting, generation, judge, reward, scoring, task_metrics
-from tests.helpers import SESSION_CACHE, apply_method, compose_cfg, load_base
+from tests.helpers import SESSION_CACHE, TableRecorder, apply_method, compose_cfg, load_base
 
 PREDS = [
     "the cat sat on the mat",
@@ -583,14 +583,6 @@ def test_local_judge(tiny):
 # --------------------------------------------------------------------------- the whole generation eval
 
 
-class _TableRecorder:
-    def __init__(self):
-        self.tables = []
-
-    def log_table(self, key, columns, rows):
-        self.tables.append((key, columns, rows))
-
-
 def test_evaluate_generations_end_to_end(tiny, tmp_path, judge_server, monkeypatch):
     cfg, cache, _, tok, model = tiny
     cfg = validate(
@@ -606,7 +598,7 @@ def test_evaluate_generations_end_to_end(tiny, tmp_path, judge_server, monkeypat
     assert names == ("rouge", "bleu")
     n, max_new = int(cfg.eval.num_samples), int(cfg.eval.generation.max_new_tokens)
     test = data.build(cfg.data, tok, cache, num_prompts=n, reserve=max_new).test  # as the recipe does
-    recorder = _TableRecorder()
+    recorder = TableRecorder()
     out = scoring.evaluate_generations(
         model, tok, test.prompts, test.references, cfg.eval, names, tmp_path, loggers=[recorder, object()]
     )

@@ -301,7 +301,9 @@ def test_csv_and_table_match_records(tmp_path):
     )
     header, table = md_table(md)
     assert header[0] == "rank"
-    sft = [m.header for m in columns.TABLE_METRICS if m.key != "eval_pref_loss"]  # these runs hold no DPO loss
+    sft = [
+        m.header for m in columns.TABLE_METRICS if m.key != "eval_pref_loss"
+    ]  # these runs hold no DPO loss
     assert header[1:] == sft
     col = {h: i for i, h in enumerate(header)}
     for row, rec in zip(table, recs, strict=True):

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from src import data, models, specs
 from src.config import ConfigError, validate
 from src.evaluation import generation, reward, scoring, verdict
-from tests.helpers import SESSION_CACHE, compose_cfg, load_base
+from tests.helpers import SESSION_CACHE, TableRecorder, compose_cfg, load_base
 
 pytestmark = pytest.mark.unit
 
@@ -165,14 +165,6 @@ def test_per_sample_scores_with_a_reward_model(reward_folder):
 # --------------------------------------------------------------------------- judge_against
 
 
-class _TableRecorder:
-    def __init__(self):
-        self.tables = []
-
-    def log_table(self, key, columns, rows):
-        self.tables.append((key, columns, rows))
-
-
 def _policy_samples(cfg, tok, policy, run_dir):
     """The policy's generations as the recipe makes them: evaluate_generations on the test prompts."""
     names = specs.of(cfg).text_metrics
@@ -189,7 +181,7 @@ def test_judge_against_end_to_end(tiny, reward_folder, tmp_path, capsys):
     cfg = OmegaConf.merge(cfg, {"eval": {"reward_model": reward_folder}})
     names, test = _policy_samples(cfg, tok, policy, tmp_path)
     assert names == ("accuracy", "rouge")
-    recorder = _TableRecorder()
+    recorder = TableRecorder()
     out = verdict.judge_against(
         None, ref_model, tok, test.prompts, test.references, cfg.eval, names, tmp_path, "the SFT model",
         loggers=[recorder, object()],
