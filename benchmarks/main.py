@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -52,7 +53,7 @@ from benchmarks.profiles import gpu_name, profiles
 from benchmarks.report import environment, print_report
 from benchmarks.runner import Bench
 from benchmarks.sections import SECTION_FUNCS
-from benchmarks.settings import FULL, QUICK, RESULTS, SCHEMA, SECTIONS, Plan
+from benchmarks.settings import FULL, GPU, GPU_SECTIONS, QUICK, RESULTS, SCHEMA, SECTIONS, Plan
 
 PROG = "python -m benchmarks"
 
@@ -74,7 +75,16 @@ def parser() -> argparse.ArgumentParser:
         help="OMP/MKL threads per run on CPU (default 1: on a shared box oversubscribed threads cost "
         "more than they give; 0 = the libraries' default)",
     )
-    ap.add_argument("--out-dir", default=str(RESULTS), help="where <host>-<date>.json goes")
+    ap.add_argument("--out-dir", default=str(RESULTS), help="where <host or gpu>-<date>.json goes")
+    ap.add_argument(
+        "--suffix", default="", help="appended to the results file's name: <host>-<date>-SUFFIX.json"
+    )
+    ap.add_argument(
+        "--gpu-plan",
+        action="store_true",
+        help="every GPU measurement in a few minutes: speedups and methods (before/after) on gpt2-medium, "
+        "cells per GPU on gpt2; one repetition each (scripts/gpu_bench.sh)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the run folders and logs (printed at the end)")
     ap.add_argument(
         "--no-gpu", action="store_true", help="benchmark as if there were no GPU (tiny model only)"
@@ -114,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
 
 def plan_for(args: argparse.Namespace) -> Plan:
     """The full or quick plan, with --reps and --loss-examples applied."""
-    plan = QUICK if args.quick else FULL
+    plan = QUICK if args.quick else GPU if args.gpu_plan else FULL
     if args.reps:
         reps = ("reps", "batching_reps", "methods_reps", "study_reps", "launchers_reps", "speedups_reps")
         plan = replace(plan, **dict.fromkeys(reps, args.reps))
@@ -141,10 +151,14 @@ def run_env(threads: int | None, no_gpu: bool) -> dict[str, str]:
     return env
 
 
-def result_path(out_dir: Path, quick: bool) -> Path:
-    """benchmarks/results/<host>-<date>[-quick].json: one file per machine and day."""
+def result_path(out_dir: Path, quick: bool, gpu: str | None = None, suffix: str = "") -> Path:
+    """benchmarks/results/<host>-<date>[-quick].json, or <gpu>-<date>.json with a GPU (NVIDIA H200:
+    h200-2026-12-02.json): one file per machine and day."""
     date = datetime.now().strftime("%Y-%m-%d")
-    return out_dir / f"{platform.node() or 'host'}-{date}{'-quick' if quick else ''}.json"
+    name = platform.node() or "host"
+    if gpu:
+        name = re.sub(r"[^a-z0-9]+", "-", gpu.lower().removeprefix("nvidia ")).strip("-") or "gpu"
+    return out_dir / f"{name}-{date}{'-quick' if quick else ''}{'-' + suffix if suffix else ''}.json"
 
 
 def command_line(argv: list[str] | None) -> list[str]:
@@ -159,8 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     plan = plan_for(args)
     gpu = None if args.no_gpu else gpu_name()
-    default_sections = tuple(
-        s for s in SECTIONS if (gpu or s != "speedups") and not (args.quick and s == "batching_loss")
+    if gpu and not args.quick:  # MFU before and after the speedups, per method
+        plan = replace(plan, methods_tuned=True)
+    default_sections = (
+        GPU_SECTIONS
+        if args.gpu_plan
+        else tuple(
+            s for s in SECTIONS if (gpu or s != "speedups") and not (args.quick and s == "batching_loss")
+        )
     )
     sections = [s.strip() for s in args.sections.split(",")] if args.sections else list(default_sections)
     unknown = [s for s in sections if s not in SECTIONS]
@@ -182,18 +202,24 @@ def main(argv: list[str] | None = None) -> int:
         "notes": "train tok/s = non-padding tokens / Trainer train_runtime (the record's tokens_per_s); wall = the "
         "whole process. Medians over repetitions, contenders alternating; (min-max) in the table.",
     }
-    path = result_path(Path(args.out_dir), args.quick)
+    path = result_path(Path(args.out_dir), args.quick, gpu, args.suffix)
 
     def write() -> None:  # after every section too: a bench stopped by a time limit keeps what it measured
         from src.atomic import write_bytes  # a temporary sibling renamed into place
 
         write_bytes(path, json.dumps(result, indent=1, default=str))
 
-    for prof in profiles(args, gpu):
+    profs = profiles(args, gpu)
+    cells_profile = any(p.only and "launchers" in p.only for p in profs)
+    for prof in profs:
         out: dict[str, Any] = {}
         result["profiles"][prof.name] = out
         for name in sections:
-            if name in ("study", "launchers") and prof.bf16:
+            if prof.only is not None and name not in prof.only:
+                continue
+            if name == "launchers" and gpu and prof.only is None and cells_profile:
+                continue  # cells per GPU are measured on gpt2's shape (the small profile)
+            if name in ("study", "launchers") and prof.bf16 and prof.only is None:
                 continue  # the per-run overhead is a property of the framework, measured on the tiny model
             if name == "speedups" and not (gpu or "speedups" in (args.sections or "")):
                 continue

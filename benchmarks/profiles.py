@@ -19,6 +19,10 @@ class Profile:
     batching_model: tuple[str, ...] = ()  # extra overrides for max_seq_len 512
     batch_size: int = 16
     bf16: bool = False
+    dims: tuple[int, int] = (4, 128)  # layers, hidden size: the attention term of MFU
+    speed_batch: int = 4  # speedups: micro-batch x accumulation = the effective batch (tiny: 16 sequences)
+    speed_accum: int = 4
+    only: tuple[str, ...] | None = None  # the sections this profile runs (None: all that apply)
 
 
 def gpu_name() -> str | None:
@@ -28,14 +32,34 @@ def gpu_name() -> str | None:
 
 
 def profiles(args: argparse.Namespace, gpu: str | None) -> list[Profile]:
-    """The profiles --profiles asks for (default: tiny, and medium with a GPU)."""
-    wanted = args.profiles.split(",") if args.profiles else ["tiny", *(["medium"] if gpu else [])]
+    """The profiles --profiles asks for (default: tiny; with a GPU also medium for one run's speed and small
+    for cells per GPU; --gpu-plan: medium and small)."""
+    default = ["medium", "small"] if args.gpu_plan else ["tiny", *(["medium", "small"] if gpu else [])]
+    wanted = args.profiles.split(",") if args.profiles else default
     out = []
     if "tiny" in wanted:
         out.append(Profile(name="tiny" if gpu else "tiny-cpu", batching_model=TINY_512))
     if "medium" in wanted:
         out.append(medium_profile(args))
+    if "small" in wanted:
+        out.append(small_profile())
     return out
+
+
+def small_profile() -> Profile:
+    """gpt2 (small)'s shape in bf16 (hub weights when cached), for the cells-per-GPU grid (launchers): a LoRA
+    cell at the seeds' batch size uses a fraction of a large GPU."""
+    overrides = ["model=gpt2", "trainer.precision=bf16"]
+    real = hub_cached("openai-community/gpt2")
+    if not real:
+        overrides.append(f"model.name_or_path={shaped_gpt2(12, 768, 12)}")
+    return Profile(
+        name="gpt2" if real else "gpt2-random-12x768x12",
+        model=tuple(overrides),
+        bf16=True,
+        dims=(12, 768),
+        only=("launchers",),
+    )
 
 
 def medium_profile(args: argparse.Namespace) -> Profile:
@@ -56,6 +80,9 @@ def medium_profile(args: argparse.Namespace) -> Profile:
         model=tuple(overrides),
         batch_size=args.gpu_batch_size,
         bf16=True,
+        dims=(layers, hidden),
+        speed_batch=args.gpu_batch_size,  # 16 x 4 = 64 Alpaca-like sequences: about 8,000 tokens per step
+        speed_accum=4,
     )
 
 

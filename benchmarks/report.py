@@ -24,8 +24,29 @@ COLUMNS = (  # (header, figure, digits)
     ("peak MB", "peak_memory_mb", 0),
     ("pred MB", "predicted_memory_mb", 0),
     ("MFU", "mfu", 3),
+    ("steady tok/s", "tokens_per_s_steady", 0),
+    ("compile s", "compile_s", 1),
+    ("MFU steady", "mfu_steady", 3),
+    ("syncs/step", "syncs_per_step", 1),
+    ("cells/h", "cells_per_hour", 0),
+    ("OOM retries", "oom_retries", 0),
 )
-EXTRAS = ("checks", "time_to_first_step_s", "lengths", "memory_vs_prediction")  # printed as JSON lines
+EXTRAS = (  # printed as JSON lines
+    "checks",
+    "time_to_first_step_s",
+    "lengths",
+    "memory_vs_prediction",
+    "mfu_before_after",
+    "cells_per_hour",
+    "skipped",
+)
+GAINS = (  # the speedups section's table of each knob against the baseline: (header, key, digits)
+    ("tok/s ÷ baseline", "train_tokens_per_s/baseline", 3),
+    ("steady ÷ baseline", "steady_tokens_per_s/baseline", 3),
+    ("peak ÷ baseline", "peak_memory/baseline", 3),
+    ("Δ eval loss", "eval_loss_delta", 4),
+    ("loss unchanged", "loss_unchanged", 0),
+)
 
 
 def environment(threads: int | None) -> dict[str, Any]:
@@ -82,6 +103,11 @@ def print_section(name: str, res: dict[str, Any]) -> None:
     for contender, s in summ.items():
         failed = f" ({s['failed']} failed)" if s.get("failed") else ""
         print(f"| {contender} | {s['n']}{failed} | " + " | ".join(spread(s, k, d) for _, k, d in cols) + " |")
+    if res.get("gains"):
+        print("\n| knob | " + " | ".join(h for h, _, _ in GAINS) + " |")
+        print("|" + "---|" * (len(GAINS) + 1))
+        for knob, g in res["gains"].items():
+            print(f"| {knob} | " + " | ".join(fmt(g.get(k), d) for _, k, d in GAINS) + " |")
     for k, v in (res.get("ratios") or {}).items():
         target = (res.get("targets") or {}).get(k)
         print(f"  {k}: {fmt(v, 3)}" + (f"   (target {target})" if target else ""))

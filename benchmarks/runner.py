@@ -102,6 +102,8 @@ class Bench:
                     if k not in ("batching", "attn")
                 }
             )
+            if out.get("syncs") is not None and out.get("steps"):
+                out["syncs_per_step"] = out["syncs"] / out["steps"]
             runtime, real = out.get("train_runtime_s"), out.get("tokens_real")
             if runtime and real:
                 out["real_tokens_per_s"] = real / (runtime - (out.get("eval_in_train_s") or 0.0))
@@ -133,11 +135,16 @@ def record_metrics(path: Path) -> dict[str, Any]:
         "total_params",
         "precision",
         "batching",
+        "tokens_per_s_steady",
+        "first_step_s",
+        "compile_s",
+        "micro_batches",
     )
     out = {k: m.get(k) for k in keys if k in m}
     if "tokens_per_s" in out:
         out["train_tokens_per_s"] = out.pop("tokens_per_s")
     out["status"] = rec.get("status")
+    out["oom_retries"] = rec.get("oom_retries")
     out["device"] = (rec.get("env") or {}).get("device")
     eval_in_train = m.get("eval_in_train_s")  # the framework's own count (src/trainer.py, session_metrics)
     out["eval_in_train_s"] = eval_in_train

@@ -45,6 +45,7 @@ class Plan:
     methods_reps: int = 2
     methods_steps: int = 30
     methods: tuple[str, ...] = ("full", "lora", "qlora", "prompt_tuning")
+    methods_tuned: bool = False  # each method again with the speedups section's tuned knobs
     study_reps: int = 2
     study_runs: int = 4
     study_steps: int = 10
@@ -56,6 +57,22 @@ class Plan:
 
 
 FULL = Plan()
+# --gpu-plan: every GPU measurement in one invocation of a few minutes (scripts/gpu_bench.sh, make bench-gpu):
+# one repetition each, short runs; the results file is written after every section.
+GPU = Plan(
+    reps=1,
+    overhead_steps=20,
+    batching_reps=1,
+    methods_reps=1,
+    methods_steps=12,
+    methods_tuned=True,
+    launchers_reps=1,
+    launchers_cells=8,
+    launchers_steps=10,
+    speedups_reps=1,
+    speedups_steps=12,
+)
+GPU_SECTIONS = ("speedups", "methods", "launchers")
 QUICK = Plan(
     reps=1,
     overhead_steps=10,

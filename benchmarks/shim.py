@@ -13,6 +13,9 @@ is exactly `python -m src.run [hydra overrides ...]` (run with runpy as __main__
 * --attn IMPL: model.set_attn_implementation(IMPL) before the method is applied (src.methods.apply, which
   the recipe, src/train.py, calls as `methods.apply`; sdpa, eager, ...).
 * --ta KEY=JSON: TrainingArguments.KEY = JSON value (e.g. --ta torch_compile=true).
+* --count-syncs: with a GPU, counts the host-device synchronisations inside trainer.train() (evaluations
+  excluded) with CUDA's sync debug mode (torch.cuda.set_sync_debug_mode("warn"): one warning per
+  synchronising call); written as `syncs` beside the token counts. Without a GPU `syncs` is null.
 * always: a forward pre-hook on the trained model counts, in training mode only, the tokens the model
   processed (input_ids.numel()) and the real ones among them (see TokenCounter); written as JSON to
   $TG_BENCH_COUNTS at exit: the padding share, and exact non-padding tokens for every mode.
@@ -190,8 +193,55 @@ def real_tokens_of_packed(position_ids, labels) -> int:
     return int(has_label[seg].sum())
 
 
+class SyncCounter:
+    """Host-device synchronisations while trainer.train() runs, evaluations excluded (CUDA only)."""
+
+    def __init__(self) -> None:
+        self.count: int | None = None
+        self.active = False
+
+    def install(self) -> None:
+        import warnings
+
+        import torch
+        from transformers.trainer import Trainer
+
+        if not torch.cuda.is_available():
+            return
+        self.count = 0
+        torch.cuda.set_sync_debug_mode("warn")
+        warnings.filterwarnings("always", message=".*synchroniz.*")
+        show = warnings.showwarning
+
+        def counted(message, category, *args, **kwargs):
+            if "synchroniz" in str(message):
+                self.count += self.active
+                return None
+            return show(message, category, *args, **kwargs)
+
+        warnings.showwarning = counted
+        self.during(Trainer, "train", True)
+        self.during(Trainer, "evaluate", False)
+
+    def during(self, cls, name: str, active: bool) -> None:
+        original = getattr(cls, name)
+
+        def wrapped(*args, **kwargs):
+            before, self.active = self.active, active
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.active = before
+
+        setattr(cls, name, wrapped)
+
+
 def install(
-    batching: str | None, attn: str | None, training_args: dict[str, Any], counts_path: str | None
+    batching: str | None,
+    attn: str | None,
+    training_args: dict[str, Any],
+    counts_path: str | None,
+    count_syncs: bool = False,
 ) -> list[str]:
     """Patch this process; return the extra Hydra overrides to pass on.
 
@@ -202,6 +252,9 @@ def install(
     import src.trainer
 
     counter = TokenCounter()
+    syncs = SyncCounter()
+    if count_syncs:
+        syncs.install()
     apply = src.methods.apply
 
     def apply_and_count(model, *args, **kwargs):
@@ -216,7 +269,7 @@ def install(
 
         def write_counts() -> None:
             with open(counts_path, "w") as f:
-                json.dump({"batching": batching, "attn": attn, **counter.as_dict()}, f)
+                json.dump({"batching": batching, "attn": attn, **counter.as_dict(), "syncs": syncs.count}, f)
 
         atexit.register(write_counts)
 
@@ -256,12 +309,15 @@ def install(
     return overrides
 
 
-def parse(argv: list[str]) -> tuple[str | None, str | None, dict[str, Any], list[str]]:
-    batching, attn, ta = None, None, {}
+def parse(argv: list[str]) -> tuple[str | None, str | None, dict[str, Any], list[str], bool]:
+    batching, attn, ta, count_syncs = None, None, {}, False
     i = 0
     while i < len(argv) and argv[i] != "--":
         opt = argv[i]
-        if opt in ("--batching", "--attn", "--ta") and i + 1 < len(argv):
+        if opt == "--count-syncs":
+            count_syncs = True
+            i += 1
+        elif opt in ("--batching", "--attn", "--ta") and i + 1 < len(argv):
             val = argv[i + 1]
             if opt == "--batching":
                 if val not in MODES:
@@ -279,14 +335,14 @@ def parse(argv: list[str]) -> tuple[str | None, str | None, dict[str, Any], list
         else:
             sys.exit(
                 f"usage: python -m benchmarks.shim [--batching {{{'|'.join(MODES)}}}] [--attn IMPL] "
-                f"[--ta KEY=JSON ...] -- [hydra overrides ...]  (got {opt!r})"
+                f"[--ta KEY=JSON ...] [--count-syncs] -- [hydra overrides ...]  (got {opt!r})"
             )
-    return batching, attn, ta, argv[i + 1 :]
+    return batching, attn, ta, argv[i + 1 :], count_syncs
 
 
 def main() -> None:
-    batching, attn, ta, overrides = parse(sys.argv[1:])
-    extra = install(batching, attn, ta, os.environ.get("TG_BENCH_COUNTS"))
+    batching, attn, ta, overrides, count_syncs = parse(sys.argv[1:])
+    extra = install(batching, attn, ta, os.environ.get("TG_BENCH_COUNTS"), count_syncs)
     sys.argv = [sys.argv[0], *overrides, *extra]
     import runpy
 

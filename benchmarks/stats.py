@@ -22,6 +22,13 @@ NUMERIC = (
     "peak_memory_mb",
     "predicted_memory_mb",
     "mfu",
+    "tokens_per_s_steady",
+    "first_step_s",
+    "compile_s",
+    "syncs_per_step",
+    "mfu_steady",
+    "cells_per_hour",
+    "oom_retries",
 )
 # Dense bf16 peak (TFLOP/s) of common GPUs, for model FLOPs utilisation; --peak-tflops overrides.
 PEAK_BF16_TFLOPS = {
@@ -82,10 +89,27 @@ def peak_flops(device: str | None, override: float | None) -> float | None:
     return None
 
 
-def add_mfu(r: dict[str, Any], method: str, override: float | None) -> None:
-    """Model FLOPs utilisation: FLOPS_PER_PARAM·N·tokens/s over the GPU's dense bf16 peak (attention's
-    S² term left out, N = all parameters with a tied head counted once)."""
+def add_mfu(
+    r: dict[str, Any],
+    method: str,
+    override: float | None,
+    dims: tuple[int, int] | None = None,
+    examples_per_step: int | None = None,
+) -> None:
+    """Model FLOPs utilisation: (FLOPS_PER_PARAM·N + attention) · tokens/s over the GPU's dense bf16 peak,
+    N = all parameters with a tied head counted once. Attention per token: 12·L·H·T (PaLM's appendix B,
+    forward and backward, T the mean example length: packed examples attend within themselves), × 4/6
+    without weight gradients; left out without dims. Both the record's rate and the steady one (without the
+    first step) give an MFU."""
     peak = peak_flops(r.get("device"), override)
-    n, tps = r.get("total_params"), r.get("train_tokens_per_s")
-    if peak and n and tps:
-        r["mfu"] = FLOPS_PER_PARAM.get(method, 6) * n * tps / peak
+    n = r.get("total_params")
+    if not (peak and n):
+        return
+    per_token = FLOPS_PER_PARAM.get(method, 6) * n
+    steps, tokens = r.get("steps"), r.get("tokens_trained")
+    if dims and examples_per_step and steps and tokens:
+        mean_len = tokens / (steps * examples_per_step)
+        per_token += 12 * dims[0] * dims[1] * mean_len * FLOPS_PER_PARAM.get(method, 6) / 6
+    for rate, key in (("train_tokens_per_s", "mfu"), ("tokens_per_s_steady", "mfu_steady")):
+        if r.get(rate):
+            r[key] = per_token * r[rate] / peak

@@ -34,14 +34,17 @@ class TokenBudget(TrainerCallback):
             control.should_training_stop = True
 
 
-class LossWatch:
-    """A forward hook on the trained model: raises Diverged at the first micro-step whose loss is not
-    finite (the Trainer would only show it at the next logging step, after the weights are ruined).
+class LossWatch(TrainerCallback):
+    """A forward hook on the trained model notes each micro-step's loss; before the optimizer step that would
+    apply it, Diverged is raised if one was not finite (the Trainer would only show it at the next logging
+    step, after the weights are ruined). One host read per optimizer step, not one per micro-batch: each read
+    waits for the GPU, which then idles while the host prepares the next batch.
     With debug.nan_at_step it turns that step's loss into NaN, to test the path for real."""
 
     def __init__(self, model: torch.nn.Module, nan_at_step: int | None = None):
         self.trainer: Any = None  # set once the Trainer exists (train() replaces trainer.state)
         self.nan_at_step = nan_at_step
+        self.losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses, on the device
         self.handle = model.register_forward_hook(self, with_kwargs=True)
 
     def __call__(self, module, args, kwargs, output):
@@ -52,10 +55,15 @@ class LossWatch:
         if self.nan_at_step is not None and step == self.nan_at_step:
             output.loss = loss * float("nan")
             loss = output.loss
-        value = loss.detach().float().item()
-        if not math.isfinite(value):
-            raise Diverged(f"training loss became {value} at step {step}")
+        self.losses.append(loss.detach())
         return output
+
+    def on_pre_optimizer_step(self, args, state, control, **kw):
+        losses, self.losses = self.losses, []
+        if not losses or bool(torch.isfinite(torch.stack([x.float() for x in losses])).all()):
+            return
+        value = next(float(x) for x in losses if not math.isfinite(float(x)))
+        raise Diverged(f"training loss became {value} at step {state.global_step + 1}")
 
 
 class FaultInjection(TrainerCallback):
@@ -126,14 +134,15 @@ class RunTotals(TrainerCallback):
     def __init__(self, window: int, padding):
         self.window = max(int(window), 1)  # train_loss: the mean over the last `window` steps
         self.padding = padding  # costs.PaddingCounter
-        self.step_loss = 0.0
-        self.recent: list[float] = []
+        self.step_loss: Any = 0.0
+        self.recent: list[Any] = []  # per-step losses, device tensors until read (no host read per step)
 
     def add(self, micro_loss) -> None:
-        """One micro-batch's loss as the Trainer counts it (training_step's return value)."""
-        self.step_loss += float(micro_loss)
+        """One micro-batch's loss as the Trainer counts it (training_step's return value), summed on its device."""
+        self.step_loss = self.step_loss + micro_loss.detach()
 
     def state(self) -> dict:
+        self.recent = [float(x) for x in self.recent]
         return {
             "recent": self.recent,
             "processed": self.padding.processed,
@@ -152,17 +161,20 @@ class RunTotals(TrainerCallback):
         self.step_loss = 0.0
 
     def on_step_end(self, args, state, control, **kw):
-        step_loss = distributed.reduce(self.step_loss, "mean")  # each rank's loss is its share of the batch's
+        step_loss = self.step_loss
+        if distributed.world_size() > 1:  # each rank's loss is its share of the batch's
+            step_loss = distributed.reduce(float(step_loss), "mean")
         self.recent = [*self.recent, step_loss][-self.window :]
         self.step_loss = 0.0
-        self.export(state)
+        if control.should_save:  # the checkpoint saved after this step carries the totals (one host read)
+            self.export(state)
 
     def export(self, state) -> None:
         """Into the state the next checkpoint saves (the Trainer saves stateful_callbacks as they are)."""
         state.stateful_callbacks[self.KEY] = self.state()
 
     def train_loss(self) -> float | None:
-        return sum(self.recent) / len(self.recent) if self.recent else None
+        return sum(float(x) for x in self.recent) / len(self.recent) if self.recent else None
 
 
 # --------------------------------------------------------------------------- what a session's timing depended on

@@ -101,10 +101,18 @@ def _check_adapter(key: str, adapter: dict[str, Any], cfg, spec: Spec) -> None:
 
 def load(cfg, spec: Spec, path: str, dtype, start: Start | None):
     """The model the method is applied to, and the adapter folder the method continues (None: a new one)."""
-    from src import models
+    from src import models, speed
 
     weights = str(start.checkpoint) if start is not None and not start.adapter else path
-    model = models.load_model(weights, cfg.model, spec, cfg.method.quantization, dtype)
+    model = models.load_model(
+        weights,
+        cfg.model,
+        spec,
+        cfg.method.quantization,
+        dtype,
+        attention=str(cfg.trainer.attention),
+        weights=speed.weights_dtype(cfg),
+    )
     if start is None or not start.adapter:
         return model, None
     if spec.method.adapters:

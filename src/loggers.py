@@ -240,3 +240,18 @@ class MetricsCallback(TrainerCallback):
         self.history.append({"step": step, **metrics})
         for lg in self.loggers:
             lg.log(metrics, step)
+
+
+def quiet_libraries() -> None:
+    """Library deprecation notes and progress bars are not the user's concern."""
+    import logging
+    import warnings
+
+    import datasets
+    import transformers
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()  # TRL tokenises the preference pairs with datasets' map

@@ -203,18 +203,30 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(path: str, model_cfg: DictConfig, spec: Spec, quantization: Any, dtype: torch.dtype):
-    """Load the task's model class (causal LM or sequence classifier); with the method's `quantization` node
-    (spec.method.quantised) the base loads in 4-bit: QLoRA's model swap."""
+def load_model(
+    path: str,
+    model_cfg: DictConfig,
+    spec: Spec,
+    quantization: Any,
+    dtype: torch.dtype,
+    attention: str = "sdpa",
+    weights: torch.dtype = torch.float32,
+):
+    """Load the task's model class (causal LM or sequence classifier) with the `attention` kernel; with the
+    method's `quantization` node (spec.method.quantised) the base loads in 4-bit: QLoRA's model swap.
+    `weights`: the dtype of unquantised weights (fp32 master weights unless trainer.weights_dtype=bf16)."""
     auto = build.model_class(spec.task)
-    kwargs: dict[str, Any] = {"trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
+    kwargs: dict[str, Any] = {
+        "trust_remote_code": bool(model_cfg.get("trust_remote_code", False)),
+        "attn_implementation": attention,
+    }
     if spec.num_labels:
         kwargs["num_labels"] = spec.num_labels
     if spec.method.quantised:
         kwargs["quantization_config"] = build.quantization_config(quantization, dtype)
         kwargs["dtype"] = dtype
     else:
-        kwargs["dtype"] = torch.float32  # master weights in fp32; the Trainer's autocast handles bf16/fp16
+        kwargs["dtype"] = weights  # fp32 master weights by default; the Trainer's autocast handles bf16/fp16
     try:
         model = auto.from_pretrained(path, **kwargs)
     except OSError as e:

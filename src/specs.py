@@ -203,6 +203,22 @@ def _check_frozen_blocks(method: MethodSpec, cfg: Any) -> None:
         )
 
 
+def _check_throughput(task: TaskSpec, objective: ObjectiveSpec, trainer: Any) -> None:
+    """The fused loss replaces a causal LM head's cross-entropy; token-budget micro-batches need tunegrid's
+    tokenised examples (TRL tokenises preference pairs itself)."""
+    if trainer.fused_loss != "none" and (task.labelled or objective.pairs):
+        what = (
+            f"task={task.name} has no LM head" if task.labelled else f"objective={objective.name} has its own"
+        )
+        hint = "use dpo.use_liger_kernel" if objective.pairs else "use trainer.fused_loss=none"
+        raise ConfigError(f"trainer.fused_loss={trainer.fused_loss}: {what} loss; {hint}")
+    if trainer.tokens_per_batch and objective.pairs:
+        raise ConfigError(
+            f"trainer.tokens_per_batch={trainer.tokens_per_batch}: objective={objective.name} batches pairs "
+            "with TRL's collator; set trainer.batch_size instead"
+        )
+
+
 def _check_data(task: TaskSpec, data: Any) -> None:
     """A labelled task needs a label field and its number of classes; a text task must not get labels."""
     if task.labelled and not data.get("label_field"):
@@ -246,6 +262,7 @@ def of(cfg: Any) -> Spec:
     _check_objective(objective, method, task, cfg)
     _check_frozen_blocks(method, cfg)
     _check_data(task, cfg.data)
+    _check_throughput(task, objective, cfg.trainer)
     if method.prompt_learning and int(cfg.data.max_seq_len) + method.virtual_tokens > int(
         cfg.model.context_length
     ):

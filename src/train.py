@@ -42,12 +42,12 @@ def train(
     import torch
     import transformers
 
-    from src import build, costs, init_from, methods, models, objectives
+    from src import build, costs, init_from, methods, models, objectives, speed
     from src import trainer as hf
     from src.evaluation import forgetting, scoring
-    from src.loggers import Loggers, MetricsCallback
+    from src.loggers import Loggers, MetricsCallback, quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     spec = specs.of(cfg)  # what the method, task and objective can do (checked at validation)
     steps = objectives.recipe(spec.objective.recipe)  # the objective's data, Trainer and metrics (sft, dpo)
     precision = models.resolve_precision(cfg.trainer.precision)
@@ -58,6 +58,7 @@ def train(
     cache = cache_dir(cfg)
     scoring.preflight(cfg.eval)  # an enabled reward model / judge that cannot be reached fails now
     build.check_arguments(cfg)  # keys passed through to a library, before anything loads
+    speed.preflight(cfg, precision)  # what the throughput knobs need here (a package, a GPU)
     start = init_from.check(cfg, spec)  # the earlier run this one starts from, if any
 
     # 1. Tokenizer, data (tokenised splits and the rendered test prompts), model, method.
@@ -66,6 +67,7 @@ def train(
     prompts = int(cfg.eval.num_samples) if spec.task.generates_text else 0
     reserve = int(cfg.eval.generation.max_new_tokens)  # test prompts leave room for the generation
     prepared = steps.prepare_data(cfg, spec, tokenizer, cache, prompts, reserve)
+    cfg, micro = speed.by_token_budget(cfg, prepared, attempt)  # trainer.tokens_per_batch: the micro-batch
     # Each phase that draws random numbers starts from the run's seed, whatever ran before it (building a
     # cache entry, converting a GGUF file): the same config gives the same run on a fresh cache and a warm one.
     transformers.set_seed(seed)
@@ -84,7 +86,7 @@ def train(
         model, spec.method, cfg.method, cfg.model, int(cfg.frozen_blocks), checkpointing, path, adapter_from
     )
     counts = methods.count_params(model)
-    predicted = costs.predict_memory_mb(model, cfg, spec, precision)
+    predicted = costs.predict_memory_mb(model, cfg, spec, precision, costs.train_lengths(prepared))
     costs.check_fits(predicted, cfg.sweep)  # raises SkippedOOM with sweep.skip_predicted_oom
 
     # 2. Loggers: disk and stdout always, W&B unless logger=none.
@@ -100,7 +102,11 @@ def train(
         )
 
         # 4. Train, with an evaluation before (so every record shows how far the loss fell) and after.
-        out: dict[str, Any] = {"data_info": prepared.info, **(start.describe() if start else {})}
+        out: dict[str, Any] = {
+            "data_info": prepared.info,
+            "micro_batches": micro,
+            **(start.describe() if start else {}),
+        }
         if cfg.eval.eval_before_training:
             out["initial_eval_loss"] = hf.evaluate_before_training(trainer)
         costs.reset_peak_memory()
@@ -187,21 +193,6 @@ def train(
         raise
     loggers.finish({k: v for k, v in out.items() if v is not None})
     return out, records.env_info(device), trainer
-
-
-def _quiet_libraries() -> None:
-    """Library deprecation notes and progress bars are not the user's concern."""
-    import logging
-    import warnings
-
-    import datasets
-    import transformers
-
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()  # TRL tokenises the preference pairs with datasets' map
 
 
 def retry_plans(cfg: DictConfig) -> list[dict[str, Any]]:

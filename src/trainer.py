@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src import build, callbacks, costs, distributed, interrupts, model_card
+from src import build, callbacks, costs, distributed, interrupts, model_card, speed
 from src.atomic import share
 from src.checkpoints import CHECKPOINTS
 from src.data.collate import collator, drop_packed_attention_mask
@@ -78,6 +78,9 @@ def training_arguments(
         include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if spec.batching == "group_by_length" else "random",
         dataloader_num_workers=int(t.num_workers),
+        dataloader_pin_memory=torch.cuda.is_available() if t.pin_memory == "auto" else bool(t.pin_memory),
+        torch_compile=bool(t.compile),
+        logging_nan_inf_filter=False,  # a host read per micro-batch; a non-finite loss stops the run anyway
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         **_over_processes(cfg, model),
@@ -116,6 +119,7 @@ class Hooks:
     totals: callbacks.RunTotals
     packed: Any  # the packed-rows pre-hook handle (None unless batching=packing)
     conditions: callbacks.Conditions = field(default_factory=callbacks.Conditions)
+    steps: speed.StepTimes = field(default_factory=speed.StepTimes)
 
 
 def make_trainer(
@@ -148,6 +152,8 @@ def make_trainer(
         callbacks.ShareCheckpoints(),
         hooks.totals,
         hooks.conditions,
+        hooks.steps,
+        hooks.loss_watch,
         callbacks.FaultInjection(
             debug.fail_at_step,
             debug.oom_at_step,
@@ -165,6 +171,8 @@ def make_trainer(
     model.register_forward_pre_hook(hooks.padding, with_kwargs=True)  # before packing's: it reads the mask
     if spec.batching == "packing":
         hooks.packed = model.register_forward_pre_hook(drop_packed_attention_mask, with_kwargs=True)
+    if t.fused_loss == "liger":
+        speed.fuse_loss(model)
     trainer = (flavour.trainer_cls or Trainer)(
         model=model,
         args=args,
@@ -181,6 +189,8 @@ def make_trainer(
     # The optimizer the YAML names. Set here, not passed: TRL 1.16's trainers do not take the argument, and the
     # Trainer reads the attribute when it creates the optimizer (create_optimizer).
     trainer.optimizer_cls_and_kwargs = build.optimizer(cfg.optim.optimizer)
+    if distributed.world_size() == 1:
+        speed.count_tokens_on_host(trainer)
     trainer.remove_callback(PrinterCallback)  # our StdoutLogger prints the same logs with split prefixes
     hooks.loss_watch.trainer = trainer
     step = trainer.training_step
@@ -317,6 +327,7 @@ def session_metrics(trainer, result, metrics_cb, hooks: Hooks, batching: str) ->
         "steps": int(state.global_step),
         "epochs": epochs_done,
         "memory_before_training_mb": hooks.conditions.memory_before_mb,
+        **hooks.steps.summary(state, bool(trainer.args.torch_compile)),
         "contention": hooks.conditions.summary(),
     }
 

@@ -1,7 +1,8 @@
 """launchers: one grid of tiny cells (seed=0..N-1) through each launcher, side by side in one invocation:
 the basic launcher (one cell after another) vs Ray with 2 logical GPUs (two cells at a time, each in a new
 process) vs SLURM job arrays (the local cluster of scripts/local_slurm.sh, 2 and 1 CPUs per job); wall time of
-the whole grid and its ratio to the basic launcher. With a GPU: Ray with gpus_per_run=1 vs 0.25 (cells/hour)."""
+the whole grid and its ratio to the basic launcher. With a GPU: Ray with gpus_per_run=1, 0.5 and 0.25 (1, 2 and
+4 cells per GPU): cells per hour, and whether any cell ran out of memory (the OOM retry's count)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from src.scaleout.slurm_jobs import cluster_problem
 def contenders(gpu: bool, slurm: bool) -> dict[str, tuple[str, ...]]:
     if gpu:
         return {
-            "ray gpus_per_run=1": ("hydra/launcher=ray", "hydra.launcher.gpus_per_run=1"),
-            "ray gpus_per_run=0.25": ("hydra/launcher=ray", "hydra.launcher.gpus_per_run=0.25"),
+            f"ray {n} cells/GPU": ("hydra/launcher=ray", f"hydra.launcher.gpus_per_run={1 / n}")
+            for n in (1, 2, 4)
         }
     out = {
         "basic": (),
@@ -45,6 +46,7 @@ def section_launchers(b: Bench, prof: Profile) -> dict[str, Any]:
             r = b.run(argv, f"launchers-{name}")
             recs = [record_metrics(f) for f in sweep.glob("*/result.json")] if sweep.is_dir() else []
             r.update(cells=len(recs), ok=sum(m.get("status") == "success" for m in recs))
+            r["oom_retries"] = sum(int(m.get("oom_retries") or 0) for m in recs)
             r["cells_per_hour"] = 3600 * r["ok"] / r["wall_s"] if r["wall_s"] else None
             return r
 
@@ -55,12 +57,13 @@ def section_launchers(b: Bench, prof: Profile) -> dict[str, Any]:
         {name: grid(name, extra) for name, extra in contenders(gpu, slurm).items()}, p.launchers_reps
     )
     summ = {k: summarise(v) for k, v in runs.items()}
-    base = "ray gpus_per_run=1" if gpu else "basic"
+    base = "ray 1 cells/GPU" if gpu else "basic"
     return {
         "what": f"{p.launchers_cells} LoRA cells of {p.launchers_steps} steps, one grid per launcher"
         + ("" if slurm or gpu else " (no SLURM answered here: scripts/local_slurm.sh start)"),
         "runs": runs,
         "summary": summ,
+        "cells_per_hour": {k: med(summ[k], "cells_per_hour") for k in summ},
         "ratios": {
             f"wall_s {k}/{base}": ratio(med(summ[k], "wall_s"), med(summ[base], "wall_s"))
             for k in summ

@@ -1,5 +1,6 @@
 """methods: train tokens/s of full fine-tuning (torch AdamW, and fused AdamW), LoRA, QLoRA and prompt tuning;
-with a GPU, MFU and peak memory against the framework's prediction."""
+with a GPU, MFU and peak memory against the framework's prediction; with plan.methods_tuned each method again
+with the speedups section's "tuned" knobs (MFU before and after)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from benchmarks.configs import compose, prebuild
 from benchmarks.profiles import Profile
 from benchmarks.runner import Bench, alternate
+from benchmarks.sections.speedups import tuned_overrides
 from benchmarks.settings import ALPACA_LIKE, BASE
 from benchmarks.stats import add_mfu, med, ratio, summarise
 
@@ -27,10 +29,16 @@ def section_methods(b: Bench, prof: Profile) -> dict[str, Any]:
     if prof.bf16:  # GPU: long enough sequences to load the chip
         common += [*ALPACA_LIKE, *prof.batching_model]
 
-    def contender(method: str):
+    tuned = tuned_overrides(b, prof) if p.methods_tuned else None
+    names = [*p.methods, *([f"{m} tuned" for m in p.methods] if tuned is not None else [])]
+
+    def contender(name: str):
+        method = name.removesuffix(" tuned")
+        extra = tuned if name.endswith(" tuned") else ()
+
         def go(rep: int) -> dict[str, Any]:
-            r = b.framework([*common, *METHOD_OVERRIDES[method]], f"methods-{prof.name}-{method}")
-            add_mfu(r, method, b.args.peak_tflops)
+            r = b.framework([*common, *METHOD_OVERRIDES[method], *extra], f"methods-{prof.name}-{name}")
+            add_mfu(r, method, b.args.peak_tflops, prof.dims, prof.batch_size)
             return r
 
         return go
@@ -38,7 +46,7 @@ def section_methods(b: Bench, prof: Profile) -> dict[str, Any]:
     cfg = compose(common)
     prebuild(cfg)
     warm = b.warm(prof)
-    runs = alternate({m: contender(m) for m in p.methods}, p.methods_reps)
+    runs = alternate({m: contender(m) for m in names}, p.methods_reps)
     summ = {k: summarise(v) for k, v in runs.items()}
 
     def r(a: str, c: str) -> float | None:
@@ -58,14 +66,26 @@ def section_methods(b: Bench, prof: Profile) -> dict[str, Any]:
             "train_tokens_per_s qlora/lora": r("qlora", "lora"),
             "train_tokens_per_s prompt_tuning/full": r("prompt_tuning", "full"),
             "train_tokens_per_s full_fused/full": r("full_fused", "full"),
+            **{
+                f"train_tokens_per_s {m} tuned/{m}": r(f"{m} tuned", m)
+                for m in p.methods
+                if tuned is not None
+            },
         },
+        "tuned_overrides": list(tuned) if tuned is not None else None,
+        "mfu_before_after": {
+            m: {"before": med(summ[m], "mfu"), "after": med(summ.get(f"{m} tuned", {}), "mfu")}
+            for m in p.methods
+        }
+        if tuned is not None
+        else None,
         "memory_vs_prediction": {
             m: {
                 "peak_memory_mb": med(summ[m], "peak_memory_mb"),
                 "predicted_memory_mb": med(summ[m], "predicted_memory_mb"),
                 "peak/predicted": ratio(med(summ[m], "peak_memory_mb"), med(summ[m], "predicted_memory_mb")),
             }
-            for m in p.methods
+            for m in names
         },
         "notes": "on CPU peak_memory_mb is the process's peak RSS, not comparable with the GPU prediction",
     }

@@ -16,13 +16,22 @@ from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change what a run computes: left out of the hash that folders and resume match on.
 NOT_IDENTITY = ("logger", "sweep", "study", "cache_dir")
-TIMING_ONLY = {"debug": ("sleep_per_step",)}  # fault injection is identity; a slowed step is not
+# Fault injection is identity; a slowed step is not, nor how batches reach the device.
+TIMING_ONLY = {"debug": ("sleep_per_step",), "trainer": ("pin_memory",)}
 # What the weights are called, not what a run computes: the hub model a saved adapter names (src/model_card.py).
 LABELS_ONLY = {"model": ("hub_id",)}
 # Keys added after runs were recorded, left out while they hold the value every earlier run had, so that those
 # runs keep their hash and folder (and are found done) instead of training again.
 ADDED_LATER = {
-    "trainer": {"devices": 1, "strategy": "ddp"},
+    "trainer": {
+        "devices": 1,
+        "strategy": "ddp",
+        "tokens_per_batch": None,
+        "attention": "sdpa",
+        "weights_dtype": "fp32",
+        "compile": False,
+        "fused_loss": "none",
+    },
     "data": {"on_bad_record": "error", "group_by": None, "max_new_tokens": 64, "stop": None},
 }
 # Top-level keys added later, left out while they hold the value every earlier run had (as ADDED_LATER).

@@ -33,6 +33,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BATCHINGS = ("auto", "packing", "dynamic", "group_by_length", "pad_to_max")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 STRATEGIES = ("ddp", "fsdp")
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")  # transformers' attn_implementation
+FUSED_LOSSES = ("none", "liger")
+WEIGHT_DTYPES = ("fp32", "bf16")
 
 
 class Target(Section):
@@ -234,11 +237,26 @@ class Trainer(Section):
     early_stopping_patience: integer(lo=1, optional=True)
     seed: integer(lo=0, hi=SEED_MAX)
     num_workers: integer(lo=0)
+    pin_memory: choice(("auto", True, False))
     batching: choice(BATCHINGS)
     token_budget: integer(lo=1, optional=True)
     save_every: integer(lo=1, optional=True)
     keep_checkpoints: integer(lo=1)
     oom_retry: choice(("auto", True, False))
+    tokens_per_batch: integer(lo=1, optional=True)
+    attention: choice(ATTENTIONS)
+    weights_dtype: choice(WEIGHT_DTYPES)
+    compile: Flag
+    fused_loss: choice(FUSED_LOSSES)
+
+    @model_validator(mode="after")
+    def _bf16_weights_compute_in_bf16(self) -> Self:
+        if self.weights_dtype == "bf16" and self.precision not in ("bf16", "auto"):
+            raise cross(
+                f"trainer.weights_dtype=bf16: needs bf16 compute, not trainer.precision={self.precision}; "
+                "set trainer.precision=bf16"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fsdp_needs_processes(self) -> Self:

@@ -121,7 +121,7 @@ def _failure_line(study: Study, r: Run) -> str:
                 + ", ".join(
                     f"{k.removesuffix('_mb')} {fmt_mb(v)}"
                     for k, v in parts.items()
-                    if k != "total_mb" and number(v) is not None
+                    if k.endswith("_mb") and k != "total_mb" and number(v) is not None
                 )
                 + ")"
             )

@@ -114,6 +114,33 @@ CASES = [
     bad("trainer.devices=2.5", head="trainer.devices=2.5"),
     bad("trainer.strategy=deepspeed", head="trainer.strategy='deepspeed'", says="ddp, fsdp"),
     bad("trainer.strategy=fsdp", head="trainer.strategy=fsdp", says="trainer.devices"),
+    # ---- the throughput knobs (src/speed.py); what needs a package or a GPU is tests/e2e/test_speed_runs.py's
+    bad("trainer.attention=flash", head="trainer.attention='flash'", says="flash_attention_2"),
+    bad("trainer.fused_loss=cce", head="trainer.fused_loss='cce'", says="none, liger"),
+    bad("trainer.weights_dtype=fp16", head="trainer.weights_dtype='fp16'", says="fp32, bf16"),
+    bad("trainer.pin_memory=sometimes", head="trainer.pin_memory='sometimes'"),
+    bad("trainer.compile=fast", head="trainer.compile='fast'"),
+    bad("trainer.tokens_per_batch=0", head="trainer.tokens_per_batch=0", says="integer ≥ 1"),
+    bad(
+        "trainer.weights_dtype=bf16",
+        "trainer.precision=fp32",
+        head="trainer.weights_dtype=bf16",
+        says="trainer.precision=bf16",
+    ),
+    bad(
+        "task=classification",
+        "data=synthetic_classification",
+        "trainer.fused_loss=liger",
+        head="trainer.fused_loss=liger",
+        says="no LM head",
+    ),  # fmt: skip
+    bad(
+        "objective=dpo",
+        "trainer.fused_loss=liger",
+        head="trainer.fused_loss=liger",
+        says="dpo.use_liger_kernel",
+    ),
+    bad("objective=dpo", "trainer.tokens_per_batch=4096", head="trainer.tokens_per_batch=4096", says="TRL"),
     bad(
         "trainer.devices=2", "trainer.strategy=fsdp", head="eval.num_samples=8", says="eval.forgetting=false"
     ),

@@ -57,3 +57,29 @@ def test_quick_benchmark_writes_its_json(tmp_path):
     assert section["checks"]["tokens_trained_identical"]
     assert section["ratios"]["train_tokens_per_s framework/plain"] > 0
     assert "framework/plain" in out.stdout
+
+
+@pytest.mark.slow
+def test_gpu_plan_runs_on_cpu_and_says_what_it_skipped(tmp_path):
+    """The GPU plan's one-run sections on the tiny model without a GPU: every knob that can run here is
+    measured against the baseline with its eval loss, the GPU-only ones are skipped with a reason, and the
+    methods run again with the tuned knobs (before / after)."""
+    out = _run(
+        "-m", "benchmarks", "--gpu-plan", "--no-gpu", "--profiles", "tiny", "--sections", "speedups,methods",
+        "--out-dir", str(tmp_path), timeout=1500,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    (path,) = tmp_path.iterdir()
+    assert re.fullmatch(r".+-\d{4}-\d{2}-\d{2}\.json", path.name)
+    prof = json.loads(path.read_text())["profiles"]["tiny-cpu"]
+    speed, methods = prof["speedups"], prof["methods"]
+    assert "error" not in speed and "error" not in methods
+    assert speed["skipped"]["Liger fused loss"] == "needs a CUDA GPU"
+    assert set(speed["gains"]) == set(speed["contenders"]) - {"baseline"}
+    for knob in ("fused AdamW", "tokens_per_batch", "workers 2 + pinned", "tuned"):
+        assert speed["summary"][knob]["n"] == 1, knob
+        assert speed["gains"][knob]["loss_unchanged"] is True, (knob, speed["gains"][knob])
+    assert "trainer.tokens_per_batch=4096" in speed["contenders"]["tuned"]
+    assert methods["summary"]["full tuned"]["n"] == 1 and methods["summary"]["qlora tuned"]["n"] == 1
+    assert set(methods["mfu_before_after"]) == {"full", "lora", "qlora", "prompt_tuning"}
+    assert "| knob | tok/s ÷ baseline" in out.stdout

@@ -121,3 +121,26 @@ def test_asking_for_gpus_ray_does_not_have_is_one_line_not_a_wait(tmp_path):
         "hydra.launcher.gpus_per_run=0 runs the cells on CPUs; hydra.launcher.init.num_gpus=N declares N logical GPUs"
     ]
     assert not list(tmp_path.glob(f"*/{RECORD}"))
+
+
+def test_a_cell_given_a_fraction_of_a_gpu_knows_its_share():
+    """hydra.launcher.gpus_per_run=0.5 gives each Ray task half a GPU: the cell reads its share from Ray
+    (src.costs.gpu_share), which then caps its memory on a GPU and is the capacity skip_predicted_oom checks."""
+    code = (
+        "import ray\n"
+        "from src import costs\n"
+        "ray.init(num_gpus=2, num_cpus=2, object_store_memory=78_643_200, include_dashboard=False)\n"
+        "f = ray.remote(num_gpus=0.5, num_cpus=0)(costs.gpu_share)\n"
+        "g = ray.remote(num_gpus=1, num_cpus=0)(costs.gpu_share)\n"
+        "print('shares', ray.get(f.remote()), ray.get(g.remote()), costs.gpu_share())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "shares 0.5 1.0 1.0" in proc.stdout, proc.stdout[-2000:]

@@ -126,7 +126,7 @@ def test_token_counter_counts_real_tokens_in_training_only():
 
 
 def test_shim_parses_its_options_and_passes_the_overrides_on():
-    batching, attn, ta, rest = shim.parse(
+    batching, attn, ta, rest, syncs = shim.parse(
         [
             "--batching",
             "packing",
@@ -134,17 +134,20 @@ def test_shim_parses_its_options_and_passes_the_overrides_on():
             "eager",
             "--ta",
             "torch_compile=true",
+            "--count-syncs",
             "--",
             "method=lora",
             "seed=1",
         ]
     )
-    assert (batching, attn, ta, rest) == (
+    assert (batching, attn, ta, rest, syncs) == (
         "packing",
         "eager",
         {"torch_compile": True},
         ["method=lora", "seed=1"],
+        True,
     )
+    assert shim.parse(["--", "seed=1"])[-1] is False
     assert shim.training_args_for("group_by_length") == {"train_sampling_strategy": "group_by_length"}
 
 
