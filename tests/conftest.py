@@ -9,6 +9,7 @@ test's tier as a marker from its folder, as the README describes them:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,10 @@ import pytest
 from tests.helpers import SESSION_CACHE
 
 TIERS = ("config", "unit", "e2e")
+# For fixtures of every scope too: a module-scoped fixture runs before the function-scoped monkeypatch below,
+# and would otherwise load the tiny model from the default cache, which may hold another pretraining of it
+# (pretraining is reproducible only at the same thread count).
+os.environ["TUNEGRID_CACHE"] = str(SESSION_CACHE)
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from benchmarks.stats import add_mfu, med, ratio, summarise
 
 METHOD_OVERRIDES = {
     "full": ["method=full"],
-    "full_fused": ["method=full", "+optim.optimizer.fused=true"],
+    "full_fused": ["method=full", "optim=adamw_fused"],
     "lora": ["method=lora"],
     "qlora": ["method=qlora"],
     "prompt_tuning": ["method=prompt_tuning"],

@@ -29,7 +29,7 @@ KNOBS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eager attention": (("trainer.attention=eager",), ()),
     "flash-attention 2": (("trainer.attention=flash_attention_2",), ("gpu", "flash_attn")),
     "bf16 weights": (("trainer.precision=bf16", "trainer.weights_dtype=bf16"), ()),
-    "fused AdamW": (("+optim.optimizer.fused=true",), ()),
+    "fused AdamW": (("optim=adamw_fused",), ()),
     "torch.compile": (("trainer.compile=true",), ("compile",)),
     "Liger fused loss": (("trainer.fused_loss=liger",), ("gpu", "liger_kernel")),
     "workers 2 + pinned": (("trainer.num_workers=2", "trainer.pin_memory=true"), ()),

@@ -179,6 +179,7 @@ def test_qlora_holds_base_in_4bit(trained):
     "optim,cls,flags",
     [
         ("adamw", "AdamW", {}),
+        ("adamw_fused", "AdamW", {"fused": True}),
         ("adam", "Adam", {}),
         ("sgd", "SGD", {"momentum": 0.0, "nesterov": False}),
         ("sgd_momentum", "SGD", {"momentum": 0.9, "nesterov": False}),
