@@ -4,8 +4,8 @@
 # CPU machine) when the packages are missing, and writes <gpu>-<date>[-<part>].json into $OUT (the device
 # tool's return folder) or benchmarks/results after every section, so a run cut off keeps what it measured.
 #   bash scripts/gpu_bench.sh run      speedups + methods on gpt2-medium (one run's speed, MFU before/after,
-#                                      peak / predicted memory): about 9 minutes on an H200
-#   bash scripts/gpu_bench.sh cells    cells per hour at 1, 2, 4 cells per GPU (Ray) on gpt2: about 5 minutes
+#                                      peak / predicted memory): about 9 minutes on an H200 (estimated)
+#   bash scripts/gpu_bench.sh cells    cells per hour at 1, 2, 4 cells per GPU (Ray) on gpt2: about 5 minutes (estimated)
 # Further arguments go to python -m benchmarks (e.g. --sections speedups --reps 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -13,7 +13,11 @@ base=(transformers peft datasets dill multiprocess hydra-core omegaconf pydantic
       typing-inspection httpx2 httpcore2 truststore)
 case "$set_name" in
   core) names=("${base[@]}" bitsandbytes liger_kernel) ;;
-  ray) names=("${base[@]}" ray hydra-ray-launcher) ;;
+  # Ray, with what `ray[default]` (the launcher's) and the Hydra plugin import that the image lacks.
+  ray) names=("${base[@]}" ray hydra-ray-launcher jsonschema jsonschema-specifications referencing rpds-py
+              google-api-core google-auth googleapis-common-protos proto-plus pyasn1 pyasn1_modules aiohttp-cors
+              colorful opencensus opencensus-context py-spy smart_open virtualenv distlib platformdirs
+              python-discovery) ;;
   *) echo "unknown set $set_name: core or ray" >&2; exit 2 ;;
 esac
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
@@ -25,6 +29,6 @@ mapfile -t pins < <("$PY" -m pip list --format=freeze 2>/dev/null | grep -i -E "
   -d "$work/wheels" "${pins[@]}"
 "$PY" -m pip wheel -q --no-deps -w "$work/wheels" antlr4-python3-runtime==4.9.3  # hydra's parser: sdist only
 mkdir -p "$work/site"
-for w in "$work"/wheels/*.whl; do (cd "$work/site" && unzip -qqo "$w" -x 'ray/jars/*' || [ $? -eq 11 ]); done
+for w in "$work"/wheels/*.whl; do (cd "$work/site" && unzip -qqo "$w" -x 'ray/jars/*' 2>/dev/null || [ $? -eq 11 ]); done
 mkdir -p .whl && tar -C "$work/site" -cf - . | xz -T0 -6 > ".whl/$set_name.tar.xz"
 ls -la ".whl/$set_name.tar.xz"

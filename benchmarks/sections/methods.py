@@ -22,6 +22,13 @@ METHOD_OVERRIDES = {
 }
 
 
+# Methods whose base weights do not train: stored in bf16 (trainer.weights_dtype=bf16) the matmuls see the same
+# bf16 weights autocast would cast at every step, without the casts and the fp32 copies (layer norms and biases
+# see bf16-rounded values); the trained parameters stay fp32 (PEFT's autocast_adapter_dtype). QLoRA's base is
+# 4-bit already.
+FROZEN_BASE = ("lora", "prompt_tuning")
+
+
 def section_methods(b: Bench, prof: Profile) -> dict[str, Any]:
     p = b.plan
     steps = p.methods_steps
@@ -35,6 +42,10 @@ def section_methods(b: Bench, prof: Profile) -> dict[str, Any]:
     def contender(name: str):
         method = name.removesuffix(" tuned")
         extra = tuned if name.endswith(" tuned") else ()
+        if (
+            extra and prof.bf16 and method in FROZEN_BASE
+        ):  # a frozen base gains from bf16 storage, loses nothing
+            extra = (*extra, "trainer.weights_dtype=bf16")
 
         def go(rep: int) -> dict[str, Any]:
             r = b.framework([*common, *METHOD_OVERRIDES[method], *extra], f"methods-{prof.name}-{name}")

@@ -130,3 +130,14 @@ def test_run_totals_sum_on_the_device_and_read_at_saves():
         None, state, SimpleNamespace(should_save=True)
     )  # a step of no micro-batch, then a save
     assert state.stateful_callbacks[RunTotals.KEY]["recent"] == [4.0, 0.0]
+
+
+def test_bf16_weights_keep_lora_adapters_in_fp32(tmp_path):
+    """A frozen base stored in bf16, the trained adapters in fp32 (PEFT's autocast_adapter_dtype)."""
+    _, _, trainer = train_inprocess(
+        tmp_path,
+        *short("method=lora", "trainer.max_steps=2", "trainer.precision=bf16", "trainer.weights_dtype=bf16"),
+    )
+    params = list(trainer.model.named_parameters())
+    assert {p.dtype for _, p in params if p.requires_grad} == {torch.float32}
+    assert {p.dtype for _, p in params if not p.requires_grad} == {torch.bfloat16}
