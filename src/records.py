@@ -48,6 +48,10 @@ SESSION_METRICS = (
     "peak_memory_mb",
     "memory_before_training_mb",  # in use when training began: peak minus it is what training added
     "contention",  # the machine's load, CPU wait and other GPU processes while the session trained
+    "first_step_s",  # step timings (src/speed.py, StepTimes): this session's steps
+    "step_s_median",
+    "compile_s",
+    "tokens_per_s_steady",
 )
 CODE_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
 CODE_PATHS = ("src", "conf", "sweeps")

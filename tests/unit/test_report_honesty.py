@@ -385,7 +385,7 @@ def test_session_records_the_new_keys():
 
 
 def _session(epoch: float, runtime: float = 10.0, start_epoch: float = 0.0):
-    from src import trainer
+    from src import speed, trainer
 
     state = SimpleNamespace(
         log_history=[], epoch=epoch, num_input_tokens_seen=1000, global_step=10, stateful_callbacks={}
@@ -396,11 +396,13 @@ def _session(epoch: float, runtime: float = 10.0, start_epoch: float = 0.0):
     hooks = SimpleNamespace(
         totals=SimpleNamespace(train_loss=lambda: 1.0),
         padding=SimpleNamespace(share=lambda: 0.1),
+        steps=speed.StepTimes(),
         conditions=cond,
     )
     cb = SimpleNamespace(start_step=0, start_tokens=0, start_epoch=start_epoch)
     result = SimpleNamespace(metrics={"train_runtime": runtime})
-    return trainer.session_metrics(SimpleNamespace(state=state), result, cb, hooks, "packing")
+    hf = SimpleNamespace(state=state, args=SimpleNamespace(torch_compile=False))
+    return trainer.session_metrics(hf, result, cb, hooks, "packing")
 
 
 def test_session_metrics_say_whether_time_per_epoch_is_extrapolated():
