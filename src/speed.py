@@ -1,8 +1,9 @@
 """The throughput knobs of one run (conf/trainer/default.yaml, "Throughput knobs"): the attention kernel, bf16
 weights, torch.compile, a fused LM-head + cross-entropy loss, micro-batches by token budget, and the step
 timings that report compile time apart from the steady rate. Each knob is measured by the benchmark
-(benchmarks/sections/throughput.py) before it becomes a default; none changes what a run computes beyond
-float rounding (the token-budget micro-batches keep the effective batch, so the loss curve is the same).
+(benchmarks/sections/speedups.py) before it becomes a default. Apart from bf16 weights, which full
+fine-tuning then updates in bf16, none changes what a run computes beyond float rounding (the token-budget
+micro-batches keep the effective batch, so the loss curve is the same).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 from transformers import TrainerCallback
 
+from src.costs import gpu_share, train_lengths
 from src.data.tokenise import IGNORE_INDEX
 from src.errors import ConfigError
 
@@ -41,19 +43,13 @@ def preflight(cfg: DictConfig, precision: str) -> None:
                 "trainer.fused_loss=liger: Liger's Triton kernels need a GPU (TRITON_INTERPRET=1 runs them, "
                 "slowly, on CPU); use trainer.fused_loss=none"
             )
-    if gpu and (share := _gpu_share()) < 1:  # a Ray cell sharing the GPU: held to its share of the memory
+    if gpu and (share := gpu_share()) < 1:  # a Ray cell sharing the GPU: held to its share of the memory
         torch.cuda.set_per_process_memory_fraction(share)
     if t.weights_dtype == "bf16" and precision != "bf16":
         raise ConfigError(
             f"trainer.weights_dtype=bf16: needs bf16 compute, and trainer.precision={t.precision} resolves to "
             f"{precision} here; set trainer.precision=bf16 or trainer.weights_dtype=fp32"
         )
-
-
-def _gpu_share() -> float:
-    from src.costs import gpu_share
-
-    return gpu_share()
 
 
 def _needs_package(key: str, module: str, install: str) -> None:
@@ -86,8 +82,6 @@ def by_token_budget(cfg: DictConfig, prepared, attempt: int = 0) -> tuple[DictCo
     t = cfg.trainer
     if not t.tokens_per_batch:
         return cfg, None
-    from src.costs import train_lengths
-
     lengths = train_lengths(prepared) or [1]
     mean = sum(lengths) / max(len(lengths), 1)
     effective = int(t.batch_size) * int(t.grad_accum)
