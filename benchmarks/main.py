@@ -21,7 +21,9 @@ Sections (tiny model on CPU; with a GPU, again on gpt2-medium in bf16 with MFU a
             <= 1.10) and time from a run's start to its first finished training step (target < 10 s).
   launchers the same grid of tiny cells through the basic launcher, Ray (2 logical GPUs) and SLURM (the local
             cluster, 2 and 1 CPUs per job): wall-time ratios (benchmarks/sections/launchers.py).
-  speedups  (GPU by default) SDPA vs eager attention, fused AdamW, torch.compile, on full fine-tuning.
+  speedups  (GPU by default) each throughput knob (attention kernel, bf16 weights, fused AdamW, torch.compile,
+            Liger's fused loss, workers + pinned memory, token-budget micro-batches) against the defaults, on
+            full fine-tuning, with the eval loss beside each; --gpu-plan: all GPU measurements in minutes.
 
 Figures: "train tok/s" is the record's tokens_per_s (non-padding tokens / Trainer train_runtime); "wall" is
 the whole process from outside (perf_counter around the child; CPU time and peak RSS from wait4).

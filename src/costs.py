@@ -114,9 +114,8 @@ BLOCK_BYTES = {  # (trains, quantised): (fp32, 16-bit)
     ("soft_prompt", False): (87.0, 50.0),
     ("listed", False): (120.0, 67.0),  # head-only trains no block: only its blocks above count (none)
 }
-LOGIT_BYTES = (
-    14.0  # per logit: saved for the loss (~6, fp32 log-softmax included) + its gradient in fp32 and 16-bit
-)
+# Per logit: what the loss saves (~6 bytes, the fp32 log-softmax included) and its gradients in fp32 and 16-bit.
+LOGIT_BYTES = 14.0
 Z_BATCH = 3.0  # the largest batch of a run: mean + 3 standard deviations of a batch's tokens
 
 
@@ -155,11 +154,11 @@ def predict_memory_mb(
     weights (as stored: fp32 or bf16, 4-bit packed included) + gradients of the trainable parameters (in their
     dtype) + optimizer state (optim.state_bytes_per_param per trainable parameter: AdamW 8, SGD+momentum 4,
     8-bit Adam 2, SGD and Adafactor ~0) + activations of the blocks above the lowest trainable one, per block
-    P·H·BLOCK_BYTES (measured for this block and method; eager attention adds its probabilities, P·A·R·5 bytes
-    at 16-bit as in Korthikanti et al. 2022, 2 in fp32; only P·H·bytes with gradient checkpointing) + logits, P·V·LOGIT_BYTES (a few
-    hidden-state copies with trainer.fused_loss, which never stores them). P = positions of the largest
-    micro-batch (batch_positions: packing's rows hold fewer than B·max_seq_len), R = row length, H hidden
-    size, A heads, V vocabulary.
+    P·H·BLOCK_BYTES (measured for this block and method; eager attention adds its probabilities, P·A·R·5
+    bytes at 16-bit as in Korthikanti et al. 2022, 2 in fp32; only P·H·bytes with gradient checkpointing) +
+    logits, P·V·LOGIT_BYTES (a few hidden-state copies with trainer.fused_loss, which never stores them).
+    P = positions of the largest micro-batch (batch_positions: packing's rows hold fewer than
+    B·max_seq_len), R = row length, H hidden size, A heads, V vocabulary.
 
     A preference objective (DPO) runs each pair's chosen and rejected answers in one batch: 2B rows. TRL
     projects through the LM head in tiles of at most 32,768 tokens (trl.trainer.utils add_fused_lm_head), so its
@@ -184,9 +183,8 @@ def predict_memory_mb(
     act_bytes = 2 if half else 4
     blocks = int(cfg.model.num_layers) - _first_trained_block(model, cfg)
     per_position = BLOCK_BYTES[(spec.method.trains, spec.method.quantised)][1 if half else 0] * h
-    if (
-        cfg.trainer.attention == "eager"
-    ):  # its attention probabilities are stored: measured 5·A·R bytes (2 in fp32)
+    # Eager attention stores its probabilities: measured 5·A·R bytes per position at 16-bit, 2 in fp32.
+    if cfg.trainer.attention == "eager":
         per_position += (5 if half else 2) * heads * row
     if cfg.trainer.gradient_checkpointing:
         per_position = h * act_bytes
