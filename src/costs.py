@@ -122,10 +122,14 @@ Z_BATCH = 3.0  # the largest batch of a run: mean + 3 standard deviations of a b
 def train_lengths(prepared) -> list[int] | None:
     """Token lengths of the prepared train split's examples; None where tunegrid did not tokenise them
     (a preference objective's pairs, which TRL tokenises)."""
+    import pyarrow.compute as pc
+
     train = (getattr(prepared, "splits", None) or {}).get("train")
     if train is None or "input_ids" not in train.column_names:
         return None
-    return [len(x) for x in train["input_ids"]]
+    # Arrow computes the list lengths without turning every token id into a Python int (a large split holds
+    # hundreds of millions); the arrow format keeps the split's own selection and order.
+    return pc.list_value_length(train.with_format("arrow")["input_ids"]).to_pylist()
 
 
 def batch_positions(cfg, spec: Spec, lengths: list[int] | None) -> tuple[float, float]:
