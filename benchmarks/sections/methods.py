@@ -42,9 +42,7 @@ def section_methods(b: Bench, prof: Profile) -> dict[str, Any]:
     def contender(name: str):
         method = name.removesuffix(" tuned")
         extra = tuned if name.endswith(" tuned") else ()
-        if (
-            extra and prof.bf16 and method in FROZEN_BASE
-        ):  # a frozen base gains from bf16 storage, loses nothing
+        if extra and prof.bf16 and method in FROZEN_BASE:  # on a GPU: the frozen base stored in bf16
             extra = (*extra, "trainer.weights_dtype=bf16")
 
         def go(rep: int) -> dict[str, Any]:
